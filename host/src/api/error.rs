@@ -1,0 +1,113 @@
+//! The API's one error type and its one conversion to a response.
+//!
+//! Every error is JSON: `{"error": {"code": "...", "message": "...", "field": "..."}}` with a
+//! stable upper-case `code`, a message for humans and, for invalid input, the field at fault.
+//! Internal errors are logged with their detail and answered with a generic message.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::control_plane::{RegisterError, SubmitError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    /// Seconds, for 429.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), field: None, retry_after: None }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message).field(field)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "a valid `Authorization: Bearer <token>` for this execution is required",
+        )
+    }
+
+    /// Logs the detail; the client gets a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error; see the host's logs")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body { error: Detail { code: self.code, message: &self.message, field: self.field.as_deref() } };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegisterError::Invalid(spec) => ApiError::bad_request(
+                "INVALID_FUNCTION",
+                spec.field.clone(),
+                format!("{}: {}", spec.field, spec.message),
+            ),
+            RegisterError::UnknownDispatcher { .. } => {
+                ApiError::bad_request("UNKNOWN_DISPATCHER", "dispatcher", message)
+            }
+            RegisterError::Refused { .. } => ApiError::bad_request("DISPATCHER_REFUSED", "dispatcherConfig", message),
+            RegisterError::Fault(_) => ApiError::new(StatusCode::BAD_GATEWAY, "PLUGIN_FAULT", message),
+            RegisterError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "FUNCTION_EXISTS", message),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        match e {
+            SubmitError::UnknownFunction(_) => ApiError::not_found("FUNCTION_NOT_FOUND", message),
+            SubmitError::Overloaded { .. } => {
+                ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "QUEUE_FULL", message) }
+            }
+            SubmitError::Idempotency(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", message)
+                    .field("Idempotency-Key")
+            }
+        }
+    }
+}

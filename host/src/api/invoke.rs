@@ -1,0 +1,162 @@
+//! `POST /v1/functions/{name}:invoke` (sync) and `…:enqueue` (async).
+//!
+//! Inputs are JSON (`{"input": …, "metadata": {…}}`, the input kept byte for byte) or raw bytes
+//! (`application/octet-stream`). A sync invoke answers 200 / 500 (function error) / 502 (platform
+//! error) / 504 (timeout) with `{executionId, status, output, error}`; the execution itself is
+//! host-owned and goes on even if the client hangs up.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::executions::ResultView;
+use super::{ApiError, Body};
+use crate::control_plane::{ControlPlane, SubmitOptions};
+use crate::execution::{Attach, ErrorKind, Execution, Input, Status};
+
+pub(super) async fn action(
+    State(cp): State<ControlPlane>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    match target.rsplit_once(':') {
+        Some((name, "invoke")) => invoke(&cp, name, &headers, body).await,
+        Some((name, "enqueue")) => enqueue(&cp, name, &headers, body),
+        _ => Err(ApiError::not_found(
+            "NOT_FOUND",
+            format!("no action in `{target}`: use /v1/functions/{{name}}:invoke or :enqueue"),
+        )),
+    }
+}
+
+async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let (input, opts) = request(cp, headers, body)?;
+    let attach = cp.submit(name, input, opts)?;
+    let exec = attach.execution();
+    exec.wait_done().await;
+    let wants_raw = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"));
+    Ok(finished(exec, wants_raw))
+}
+
+fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let (input, opts) = request(cp, headers, body)?;
+    let attach = cp.submit(name, input, opts)?;
+    let (exec, status) = match &attach {
+        // Fresh: `queued` by definition, even if a worker already picked it up.
+        Attach::New(exec) => (exec, Status::Queued),
+        Attach::Existing(exec) => (exec, exec.status()),
+    };
+    let body = Json(Accepted { execution_id: &exec.id, status: status.as_str() });
+    let mut response = (StatusCode::ACCEPTED, body).into_response();
+    set_execution_headers(&mut response, &exec.id, true);
+    Ok(response)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    execution_id: &'a str,
+    status: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InvocationResponse<'a> {
+    execution_id: &'a str,
+    status: &'a str,
+    #[serde(flatten)]
+    result: ResultView,
+}
+
+#[derive(Deserialize)]
+struct InvokeRequest<'a> {
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Parses the body and the headers into an input and options.
+fn request(cp: &ControlPlane, headers: &HeaderMap, body: Bytes) -> Result<(Input, SubmitOptions), ApiError> {
+    let content_type = super::header(headers, "content-type")?.unwrap_or("application/json");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let input = match mime.as_str() {
+        "application/json" | "" => {
+            let req: InvokeRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request("INVALID_REQUEST", "body", format!("invalid JSON body: {e}")))?;
+            let raw = req.input.ok_or_else(|| {
+                ApiError::bad_request("INVALID_REQUEST", "input", "`input` is required (use {\"input\": …})")
+            })?;
+            Input {
+                content_type: "application/json".into(),
+                body: body.slice_ref(raw.get().as_bytes()),
+                metadata: req.metadata.unwrap_or_default().into_iter().collect(),
+            }
+        }
+        "application/octet-stream" => Input { content_type: mime, body, metadata: Vec::new() },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!("content type `{other}` is not supported: use application/json or application/octet-stream"),
+            ));
+        }
+    };
+    // nanofaas v1 reads X-Timeout-Ms on sync calls only; here it narrows async deadlines too.
+    let opts = SubmitOptions {
+        trace_id: super::trace_id(headers)?,
+        idempotency_key: super::idempotency_key(headers)?,
+        timeout: super::timeout(headers, cp.config.max_timeout)?,
+    };
+    Ok((input, opts))
+}
+
+/// The response to a sync invoke of a finished execution.
+fn finished(exec: &Execution, wants_raw: bool) -> Response {
+    let snapshot = exec.snapshot();
+    let status = match (snapshot.status, snapshot.error_kind) {
+        (Status::Success, _) => StatusCode::OK,
+        (Status::Timeout, _) => StatusCode::GATEWAY_TIMEOUT,
+        (Status::Error, Some(ErrorKind::Function)) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let mut response = match (&snapshot.output, wants_raw && status == StatusCode::OK) {
+        (Some(output), true) => {
+            let mut r = (StatusCode::OK, output.body.clone()).into_response();
+            if let Ok(v) = HeaderValue::from_str(&output.content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        _ => {
+            let body = InvocationResponse {
+                execution_id: &exec.id,
+                status: snapshot.status.as_str(),
+                result: ResultView::of(&snapshot),
+            };
+            (status, Json(body)).into_response()
+        }
+    };
+    set_execution_headers(&mut response, &exec.id, false);
+    response
+}
+
+fn set_execution_headers(response: &mut Response, id: &str, location: bool) {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert("x-execution-id", v);
+    }
+    if location && let Ok(v) = HeaderValue::from_str(&format!("/v1/executions/{id}")) {
+        headers.insert(header::LOCATION, v);
+    }
+}

@@ -1,0 +1,358 @@
+//! Handler tests through the router, without sockets.
+
+use axum::body::Body as AxumBody;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::Config;
+use crate::control_plane::tests::control_plane;
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    raw: Bytes,
+}
+
+async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<AxumBody>) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = app.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let raw = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    Reply { status, headers, body, raw }
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn post_json(app: &Router, uri: &str, body: Value) -> Reply {
+    send(app, Method::POST, uri, &[JSON], body.to_string()).await
+}
+
+fn app_with(config: Config) -> (ControlPlane, Router) {
+    let cp = control_plane(config);
+    cp.set_ready(true);
+    (cp.clone(), router(cp))
+}
+
+fn app() -> (ControlPlane, Router) {
+    app_with(Config::default())
+}
+
+async fn with_echo(app: &Router, name: &str) {
+    let r = post_json(app, "/v1/functions", json!({"name": name, "executionMode": "LOCAL"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+#[tokio::test]
+async fn function_crud() {
+    let (_, app) = app();
+    let r =
+        post_json(&app, "/v1/functions", json!({"name": "hello", "executionMode": "LOCAL", "timeoutMs": 5000})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["dispatcher"], "echo");
+    assert_eq!(r.body["timeoutMs"], 5000);
+    assert_eq!(r.body["concurrency"], 4);
+    assert_eq!(r.headers["location"], "/v1/functions/hello");
+
+    let r = post_json(&app, "/v1/functions", json!({"name": "hello", "executionMode": "LOCAL"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.body["error"]["code"], "FUNCTION_EXISTS");
+
+    let r = send(&app, Method::GET, "/v1/functions", &[], AxumBody::empty()).await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    let r = send(&app, Method::GET, "/v1/functions/hello", &[], AxumBody::empty()).await;
+    assert_eq!((r.status, r.body["name"].clone()), (StatusCode::OK, json!("hello")));
+    let r = send(&app, Method::DELETE, "/v1/functions/hello", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    for method in [Method::GET, Method::DELETE] {
+        let r = send(&app, method, "/v1/functions/hello", &[], AxumBody::empty()).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.body["error"]["code"], "FUNCTION_NOT_FOUND");
+    }
+}
+
+#[tokio::test]
+async fn invalid_specs_name_the_field() {
+    let (_, app) = app();
+    for (body, field) in [
+        (json!({"name": "Bad Name", "executionMode": "LOCAL"}), "name"),
+        (json!({"name": "ok", "executionMode": "LOCAL", "timeoutMs": 0}), "timeoutMs"),
+        (json!({"name": "ok", "executionMode": "LOCAL", "concurrency": "four"}), "concurrency"),
+        (json!({"name": "ok", "executionMode": "SOMEWHERE"}), "executionMode"),
+        (json!({"name": "ok", "dispatcher": "missing"}), "dispatcher"),
+        (json!({"name": "ok", "dispatcher": "echo", "dispatcherConfig": {"a": 1}}), "dispatcherConfig"),
+        (json!({"executionMode": "LOCAL"}), "name"),
+    ] {
+        let r = post_json(&app, "/v1/functions", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.body["error"]["field"], field, "{body} → {}", r.body);
+        assert!(r.body["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    let r = post_json(&app, "/v1/functions", json!({"name": "ok", "dispatcher": "missing"})).await;
+    assert_eq!(r.body["error"]["code"], "UNKNOWN_DISPATCHER");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("echo"), "lists what is available");
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON], "{not json").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["code"], "INVALID_FUNCTION");
+}
+
+#[tokio::test]
+async fn sync_invoke_returns_the_output() {
+    let (_, app) = app();
+    with_echo(&app, "echo").await;
+    let r =
+        post_json(&app, "/v1/functions/echo:invoke", json!({"input": {"message": "hi"}, "metadata": {"k": "v"}})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "success");
+    assert_eq!(r.body["output"], json!({"message": "hi"}));
+    assert_eq!(r.body["error"], Value::Null);
+    let id = r.body["executionId"].as_str().unwrap();
+    assert_eq!(r.headers["x-execution-id"], id);
+
+    let r = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[], AxumBody::empty()).await;
+    assert_eq!(r.body["status"], "success");
+    assert_eq!(r.body["function"], "echo");
+    assert_eq!(r.body["attempt"], 1);
+    assert!(r.body["finishedAt"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn octet_stream_in_and_out() {
+    let (_, app) = app();
+    with_echo(&app, "echo").await;
+    let bytes: &[u8] = &[0, 159, 146, 150, 255];
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/functions/echo:invoke",
+        &[("content-type", "application/octet-stream")],
+        bytes.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["outputEncoding"], "base64");
+    assert_eq!(r.body["outputContentType"], "application/octet-stream");
+    assert_eq!(r.body["output"], "AJ+Slv8=");
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/functions/echo:invoke",
+        &[("content-type", "application/octet-stream"), ("accept", "application/octet-stream")],
+        bytes.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.raw.as_ref(), bytes, "raw bytes back when asked for");
+    assert_eq!(r.headers["content-type"], "application/octet-stream");
+    assert!(r.headers.contains_key("x-execution-id"));
+}
+
+#[tokio::test]
+async fn bad_invoke_requests_are_refused_with_json() {
+    let (cp, app) = app();
+    with_echo(&app, "echo").await;
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"payload": 1})).await;
+    assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("input")));
+    let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON], "{").await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("INVALID_REQUEST")));
+    let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[("content-type", "text/csv")], "a,b").await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, json!("UNSUPPORTED_MEDIA_TYPE"))
+    );
+    let r = post_json(&app, "/v1/functions/nope:invoke", json!({"input": 1})).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("FUNCTION_NOT_FOUND")));
+    let r = post_json(&app, "/v1/functions/nope:enqueue", json!({"input": 1})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = post_json(&app, "/v1/functions/echo:explode", json!({"input": 1})).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("NOT_FOUND")));
+    let r = send(&app, Method::PUT, "/v1/functions", &[], AxumBody::empty()).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::METHOD_NOT_ALLOWED, json!("METHOD_NOT_ALLOWED"))
+    );
+    let r = send(&app, Method::GET, "/nowhere", &[], AxumBody::empty()).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("NOT_FOUND")));
+    assert!(cp.store.is_empty(), "no execution was created by a refused request");
+}
+
+#[tokio::test]
+async fn header_validation() {
+    let (cp, app) = app_with(Config { max_timeout: std::time::Duration::from_secs(60), ..Config::default() });
+    with_echo(&app, "echo").await;
+    for (name, value) in [
+        ("x-timeout-ms", "0"),
+        ("x-timeout-ms", "60001"),
+        ("x-timeout-ms", "soon"),
+        ("x-trace-id", "has space"),
+        ("idempotency-key", ""),
+    ] {
+        let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, (name, value)], r#"{"input":1}"#).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}: {value}");
+        assert_eq!(r.body["error"]["code"], "INVALID_HEADER");
+        assert!(r.body["error"]["field"].as_str().unwrap().eq_ignore_ascii_case(name));
+    }
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/functions/echo:invoke",
+        &[JSON, ("x-timeout-ms", "60000"), ("x-trace-id", "trace-1")],
+        r#"{"input":1}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let exec = cp.store.get(r.body["executionId"].as_str().unwrap()).unwrap();
+    assert_eq!(exec.trace_id, "trace-1", "the caller's trace id travels with the execution");
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
+    let exec = cp.store.get(r.body["executionId"].as_str().unwrap()).unwrap();
+    assert_eq!(exec.trace_id.len(), 32, "generated when absent");
+}
+
+#[tokio::test]
+async fn body_limit_is_a_json_413() {
+    let (cp, app) = app_with(Config { max_body_bytes: 64, ..Config::default() });
+    with_echo(&app, "echo").await;
+    let big = json!({"input": "x".repeat(100)}).to_string();
+    let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON], big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.body["error"]["code"], "PAYLOAD_TOO_LARGE");
+    assert!(cp.store.is_empty());
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": "small"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn enqueue_then_status() {
+    let (_, app) = app();
+    with_echo(&app, "echo").await;
+    let r = post_json(&app, "/v1/functions/echo:enqueue", json!({"input": [1, 2, 3]})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.body["status"], "queued");
+    let id = r.body["executionId"].as_str().unwrap().to_string();
+    assert_eq!(r.headers["location"], format!("/v1/executions/{id}"));
+    // Queryable from the moment of accept, until it finishes.
+    loop {
+        let r = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[], AxumBody::empty()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        if r.body["status"] == "success" {
+            assert_eq!(r.body["output"], json!([1, 2, 3]));
+            break;
+        }
+        assert!(["queued", "running"].contains(&r.body["status"].as_str().unwrap()));
+        tokio::task::yield_now().await;
+    }
+    let r = send(&app, Method::GET, "/v1/executions/unknown", &[], AxumBody::empty()).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("EXECUTION_NOT_FOUND")));
+}
+
+#[tokio::test]
+async fn idempotency_over_http() {
+    let (_, app) = app();
+    with_echo(&app, "echo").await;
+    let key = ("idempotency-key", "order-42");
+    let a = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], r#"{"input":1}"#).await;
+    let b = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], r#"{"input":1}"#).await;
+    assert_eq!(a.body["executionId"], b.body["executionId"]);
+    let e = send(&app, Method::POST, "/v1/functions/echo:enqueue", &[JSON, key], r#"{"input":1}"#).await;
+    assert_eq!((e.status, e.body["executionId"].clone()), (StatusCode::ACCEPTED, a.body["executionId"].clone()));
+    assert_eq!(e.body["status"], "success", "a re-attached enqueue reports the current status");
+    let c = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], r#"{"input":2}"#).await;
+    assert_eq!(c.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(c.body["error"]["code"], "IDEMPOTENCY_KEY_REUSED");
+}
+
+#[tokio::test]
+async fn callback_authentication() {
+    let (cp, app) = app();
+    with_echo(&app, "echo").await;
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
+    let id = r.body["executionId"].as_str().unwrap().to_string();
+    let uri = format!("/v1/internal/executions/{id}:complete");
+    let body = r#"{"success":true,"output":5}"#;
+
+    let r = send(&app, Method::POST, &uri, &[JSON], body).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("UNAUTHORIZED")));
+    let r = send(&app, Method::POST, &uri, &[JSON, ("authorization", "Bearer forged")], body).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let other = cp.invocation(&cp.store.get(&id).unwrap(), 1).callback_token;
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/internal/executions/other-id:complete",
+        &[JSON, ("authorization", &format!("Bearer {other}"))],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a token is good for its own execution only");
+    assert_eq!(cp.metrics.callbacks.with_label_values(&["rejected"]).get(), 3);
+
+    let auth = format!("Bearer {other}");
+    let r = send(&app, Method::POST, &uri, &[JSON, ("authorization", &auth)], body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["outcome"], "duplicate", "echo finished it already");
+    let r = send(&app, Method::POST, &uri, &[JSON, ("authorization", &auth)], "{}").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // A valid token for an id the host does not know: 404.
+    let ghost = cp.verify_token("ghost", "x");
+    assert!(!ghost);
+    let input = send(
+        &app,
+        Method::GET,
+        &format!("/v1/internal/executions/{id}/input"),
+        &[("authorization", &auth)],
+        AxumBody::empty(),
+    )
+    .await;
+    assert_eq!((input.status, input.raw.as_ref()), (StatusCode::OK, b"1".as_ref()));
+}
+
+#[tokio::test]
+async fn unknown_execution_with_valid_token_is_404() {
+    let (cp, app) = app_with(Config { callback_secret: Some("s".into()), ..Config::default() });
+    let token = crate::token::TokenKey::new(Some("s")).token("ghost");
+    assert!(cp.verify_token("ghost", &token));
+    let r = send(
+        &app,
+        Method::POST,
+        "/v1/internal/executions/ghost:complete",
+        &[JSON, ("authorization", &format!("Bearer {token}"))],
+        r#"{"success":true}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("EXECUTION_NOT_FOUND")));
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let (cp, app) = app();
+    with_echo(&app, "echo").await;
+    post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
+    send(&app, Method::GET, "/v1/executions/abc", &[], AxumBody::empty()).await;
+    let admin = admin_router(cp.clone());
+    let r = send(&admin, Method::GET, "/metrics", &[], AxumBody::empty()).await;
+    let text = String::from_utf8(r.raw.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"nanofaas_invocations_total{dispatcher="echo",function="echo",outcome="success"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"route="/v1/functions/{name}:invoke""#), "routes are templates");
+    assert!(text.contains(r#"route="/v1/executions/{id}""#));
+    assert!(!text.contains("/v1/executions/abc"), "raw URIs never become labels");
+    assert!(text.contains("nanofaas_plugin_call_duration_seconds_bucket"));
+    let r = send(&admin, Method::GET, "/health/live", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(&admin, Method::GET, "/health/ready", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    cp.set_ready(false);
+    let r = send(&admin, Method::GET, "/health/ready", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -1,0 +1,48 @@
+//! Loading what a host starts with: the plugin catalog (built-ins and the plugin directory)
+//! and the functions file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use crate::capability::{Grants, parse_grant};
+use crate::config::Config;
+use crate::control_plane::ControlPlane;
+use crate::function::FunctionSpec;
+use crate::plugin::{Catalog, LoadError};
+
+/// Builds the catalog: built-in plugins, then every valid component in the plugin directory.
+/// Refused files are logged and returned; they do not stop the host.
+pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Vec<LoadError>)> {
+    let grants = grants(&config.grants)?;
+    let mut builder = Catalog::builder(&config.plugin)?;
+    builder.add_builtins()?;
+    let mut refused = Vec::new();
+    if let Some(dir) = &config.plugin_dir {
+        refused = builder.add_dir(dir, &grants)?;
+    }
+    Ok((builder.build(), refused))
+}
+
+/// Parses `NAME=cap,cap` grants.
+pub fn grants(texts: &[String]) -> anyhow::Result<BTreeMap<String, Grants>> {
+    texts.iter().filter(|t| !t.trim().is_empty()).map(|t| parse_grant(t).map_err(anyhow::Error::msg)).collect()
+}
+
+/// Registers every function of a YAML (or JSON) list of function specs. Fails on the first
+/// function that cannot be registered, naming it and the reason.
+pub async fn register_file(cp: &ControlPlane, path: &Path) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let specs: Vec<serde_json::Value> = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a YAML list of function specs", path.display()))?;
+    let count = specs.len();
+    for (i, value) in specs.into_iter().enumerate() {
+        let json = serde_json::to_vec(&value).expect("a Value serializes");
+        let spec = FunctionSpec::from_json(&json)
+            .map_err(|e| anyhow::anyhow!("{}: function #{}: {e}", path.display(), i + 1))?;
+        let name = spec.name.clone();
+        cp.register(spec).await.map_err(|e| anyhow::anyhow!("{}: function `{name}`: {e}", path.display()))?;
+    }
+    Ok(count)
+}

@@ -1,0 +1,136 @@
+//! What plugins may call besides `log`: local processes, outgoing HTTP, Kubernetes Jobs.
+//!
+//! Capabilities are granted per plugin by the operator and enforced here, by the host: a plugin
+//! that was not granted `process` cannot start one, whatever its code says. A capability the
+//! host was not configured for (no cluster, local execution switched off) is refused with a
+//! message that says so, which `validate` passes on to the user at registration.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// One capability a plugin can be granted. `log` is always granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    Process,
+    Http,
+    Kubernetes,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [Capability::Process, Capability::Http, Capability::Kubernetes];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Process => "process",
+            Capability::Http => "http",
+            Capability::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Capability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Capability::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown capability `{s}` (known: process, http, kubernetes)"))
+    }
+}
+
+/// The capabilities granted to one plugin.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants(BTreeSet<Capability>);
+
+impl Grants {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn of(caps: &[Capability]) -> Self {
+        Self(caps.iter().copied().collect())
+    }
+
+    pub fn allows(&self, cap: Capability) -> bool {
+        self.0.contains(&cap)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl fmt::Display for Grants {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("log")?;
+        for cap in &self.0 {
+            write!(f, ",{cap}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The capabilities the built-in plugins need.
+pub fn builtin_grants(plugin: &str) -> Grants {
+    match plugin {
+        "local" => Grants::of(&[Capability::Process]),
+        "pool" => Grants::of(&[Capability::Http]),
+        "k8s-job" | "job-poll" => Grants::of(&[Capability::Kubernetes]),
+        _ => Grants::none(),
+    }
+}
+
+/// Parses operator grants (`NAME=cap,cap`) into (plugin name, grants).
+pub fn parse_grant(text: &str) -> Result<(String, Grants), String> {
+    let (name, caps) = text.split_once('=').ok_or_else(|| format!("grant `{text}` is not of the form NAME=cap,cap"))?;
+    let caps =
+        caps.split(',').filter(|c| !c.trim().is_empty()).map(Capability::from_str).collect::<Result<Vec<_>, _>>()?;
+    Ok((name.trim().to_string(), Grants::of(&caps)))
+}
+
+/// The host side of every capability, shared by all plugin calls.
+#[derive(Default)]
+pub struct Capabilities {}
+
+impl Capabilities {
+    /// Why `cap` cannot be used on this host right now, if it cannot.
+    pub fn unavailable(&self, cap: Capability) -> Option<String> {
+        match cap {
+            Capability::Process => Some("local execution is not enabled on this host".into()),
+            Capability::Http => Some("outgoing HTTP is not enabled on this host".into()),
+            Capability::Kubernetes => Some("no Kubernetes cluster is configured".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grants() {
+        let (name, grants) = parse_grant("mine=http, process").unwrap();
+        assert_eq!(name, "mine");
+        assert!(grants.allows(Capability::Http) && grants.allows(Capability::Process));
+        assert!(!grants.allows(Capability::Kubernetes));
+        assert_eq!(grants.to_string(), "log,process,http");
+        assert!(parse_grant("mine").is_err());
+        assert!(parse_grant("mine=disk").unwrap_err().contains("unknown capability `disk`"));
+    }
+
+    #[test]
+    fn builtins_get_only_what_they_need() {
+        assert_eq!(builtin_grants("echo"), Grants::none());
+        assert!(builtin_grants("local").allows(Capability::Process));
+        assert!(!builtin_grants("local").allows(Capability::Http));
+        assert!(builtin_grants("job-poll").allows(Capability::Kubernetes));
+    }
+}

@@ -1,0 +1,306 @@
+//! Every setting of the host and its default, in one place.
+//!
+//! [`Config`] is a plain value passed down to every part that needs it; tests build it directly
+//! (`Config { max_body_bytes: 16, ..Config::default() }`). The command line ([`ServeArgs`]) is
+//! one way to build it: each flag can also be set by a `NANOFAAS_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The defaults, one table. Flags and `Config::default()` both read from here.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8081";
+    /// Largest request body accepted (6 MiB, like common FaaS platforms).
+    pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+    /// Largest `timeoutMs` of a function and largest `X-Timeout-Ms` (15 minutes).
+    pub const MAX_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+    /// How long finished executions stay queryable.
+    pub const EXECUTION_RETENTION_SECS: u64 = 3600;
+    /// How many finished executions are kept at most; the oldest go first.
+    pub const MAX_RETAINED_EXECUTIONS: usize = 100_000;
+    /// How long an `Idempotency-Key` re-attaches to its execution.
+    pub const IDEMPOTENCY_TTL_SECS: u64 = 15 * 60;
+    /// First retry delay; doubles per attempt up to `RETRY_MAX_MS`, with jitter.
+    pub const RETRY_BASE_MS: u64 = 100;
+    pub const RETRY_MAX_MS: u64 = 5_000;
+    /// Plugin instances that may exist at once (the pooling allocator's size).
+    pub const PLUGIN_INSTANCES: u32 = 256;
+    /// Linear memory limit of one plugin instance.
+    pub const PLUGIN_MEMORY_MIB: u32 = 32;
+    /// CPU budget of one plugin call, in 1 ms epoch ticks.
+    pub const PLUGIN_CPU_BUDGET_MS: u32 = 200;
+    /// Wall-clock limit of one plugin call, including time spent in host capabilities.
+    pub const PLUGIN_CALL_TIMEOUT_MS: u64 = 10_000;
+    /// Log lines one plugin call may emit.
+    pub const PLUGIN_LOG_BUDGET: u32 = 100;
+    /// Bytes of a plugin's stderr kept to explain a fault.
+    pub const PLUGIN_STDERR_BYTES: usize = 8 * 1024;
+    /// Bytes of payloads one plugin call may create (host memory a guest can claim).
+    pub const PLUGIN_PAYLOAD_MIB: u64 = 64;
+    /// Interval at which a pending execution without its own poll interval is polled anyway.
+    pub const SAFETY_POLL_MS: u64 = 30_000;
+}
+
+/// The whole configuration of a host.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Directory of operator-supplied plugins (`NAME.wasm`), loaded at start.
+    pub plugin_dir: Option<PathBuf>,
+    /// Extra capabilities granted to dropped-in plugins, as `NAME=cap,cap`.
+    pub grants: Vec<String>,
+    /// Functions to register at start (YAML or JSON list of function specs).
+    pub functions_file: Option<PathBuf>,
+    /// Base URL that remote runners use to reach this host; callbacks go to
+    /// `{callback_url}/v1/internal/executions/{id}:complete`. Default: `http://{listen}`.
+    pub callback_url: Option<String>,
+    /// Secret from which per-execution callback tokens are derived. Random per process when unset.
+    pub callback_secret: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_timeout: Duration,
+    pub execution_retention: Duration,
+    pub max_retained_executions: usize,
+    pub idempotency_ttl: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub plugin: PluginLimits,
+    pub log_format: LogFormat,
+}
+
+/// Bounds applied to every plugin call.
+#[derive(Clone, Debug)]
+pub struct PluginLimits {
+    pub instances: u32,
+    pub memory_bytes: usize,
+    pub cpu_budget_ticks: u32,
+    pub call_timeout: Duration,
+    pub log_budget: u32,
+    pub stderr_bytes: usize,
+    pub payload_bytes: u64,
+    pub safety_poll: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            instances: defaults::PLUGIN_INSTANCES,
+            memory_bytes: defaults::PLUGIN_MEMORY_MIB as usize * 1024 * 1024,
+            cpu_budget_ticks: defaults::PLUGIN_CPU_BUDGET_MS,
+            call_timeout: Duration::from_millis(defaults::PLUGIN_CALL_TIMEOUT_MS),
+            log_budget: defaults::PLUGIN_LOG_BUDGET,
+            stderr_bytes: defaults::PLUGIN_STDERR_BYTES,
+            payload_bytes: defaults::PLUGIN_PAYLOAD_MIB * 1024 * 1024,
+            safety_poll: Duration::from_millis(defaults::SAFETY_POLL_MS),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: defaults::LISTEN.parse().expect("valid default address"),
+            admin_listen: defaults::ADMIN_LISTEN.parse().expect("valid default address"),
+            plugin_dir: None,
+            grants: Vec::new(),
+            functions_file: None,
+            callback_url: None,
+            callback_secret: None,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_timeout: Duration::from_millis(defaults::MAX_TIMEOUT_MS),
+            execution_retention: Duration::from_secs(defaults::EXECUTION_RETENTION_SECS),
+            max_retained_executions: defaults::MAX_RETAINED_EXECUTIONS,
+            idempotency_ttl: Duration::from_secs(defaults::IDEMPOTENCY_TTL_SECS),
+            retry_base: Duration::from_millis(defaults::RETRY_BASE_MS),
+            retry_max: Duration::from_millis(defaults::RETRY_MAX_MS),
+            plugin: PluginLimits::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// The callback base URL, defaulting to this host's API address.
+    pub fn callback_base(&self, bound: SocketAddr) -> String {
+        match &self.callback_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+/// `nanofaas`: a function-as-a-service control plane with WebAssembly dispatcher plugins.
+#[derive(Debug, Parser)]
+#[command(name = "nanofaas", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (and the admin endpoints) until interrupted.
+    Serve(Box<ServeArgs>),
+    /// List the plugins this binary would load, with their capabilities, and exit.
+    Plugins {
+        #[arg(long, env = "NANOFAAS_PLUGIN_DIR")]
+        plugin_dir: Option<PathBuf>,
+        #[arg(long = "grant", env = "NANOFAAS_GRANTS", value_delimiter = ';')]
+        grants: Vec<String>,
+    },
+}
+
+/// Flags of `nanofaas serve`; each also reads a `NANOFAAS_*` environment variable.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "NANOFAAS_LISTEN", default_value = defaults::LISTEN)]
+    pub listen: SocketAddr,
+    /// Address of /metrics, /health/live and /health/ready.
+    #[arg(long, env = "NANOFAAS_ADMIN_LISTEN", default_value = defaults::ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Directory of dropped-in plugins (`NAME.wasm`), loaded at start.
+    #[arg(long, env = "NANOFAAS_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Capabilities for a dropped-in plugin, `NAME=process,http,kubernetes` (repeatable; `;`-separated in the env var).
+    #[arg(long = "grant", env = "NANOFAAS_GRANTS", value_delimiter = ';')]
+    pub grants: Vec<String>,
+    /// Functions to register at start: a YAML or JSON list of function specs.
+    #[arg(long, env = "NANOFAAS_FUNCTIONS")]
+    pub functions: Option<PathBuf>,
+    /// Base URL remote runners use to reach this host (default: http://LISTEN).
+    #[arg(long, env = "NANOFAAS_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// Secret for callback tokens (default: random per process, so restarts invalidate tokens).
+    #[arg(long, env = "NANOFAAS_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<String>,
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, env = "NANOFAAS_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Largest function timeout and X-Timeout-Ms, in milliseconds.
+    #[arg(long, env = "NANOFAAS_MAX_TIMEOUT_MS", default_value_t = defaults::MAX_TIMEOUT_MS)]
+    pub max_timeout_ms: u64,
+    /// Seconds a finished execution stays queryable.
+    #[arg(long, env = "NANOFAAS_EXECUTION_RETENTION_SECS", default_value_t = defaults::EXECUTION_RETENTION_SECS)]
+    pub execution_retention_secs: u64,
+    /// Finished executions kept at most (oldest evicted first).
+    #[arg(long, env = "NANOFAAS_MAX_RETAINED_EXECUTIONS", default_value_t = defaults::MAX_RETAINED_EXECUTIONS)]
+    pub max_retained_executions: usize,
+    /// Seconds an Idempotency-Key re-attaches to its execution.
+    #[arg(long, env = "NANOFAAS_IDEMPOTENCY_TTL_SECS", default_value_t = defaults::IDEMPOTENCY_TTL_SECS)]
+    pub idempotency_ttl_secs: u64,
+    /// First retry delay in milliseconds (doubles per attempt, with jitter).
+    #[arg(long, env = "NANOFAAS_RETRY_BASE_MS", default_value_t = defaults::RETRY_BASE_MS)]
+    pub retry_base_ms: u64,
+    /// Largest retry delay in milliseconds.
+    #[arg(long, env = "NANOFAAS_RETRY_MAX_MS", default_value_t = defaults::RETRY_MAX_MS)]
+    pub retry_max_ms: u64,
+    /// Plugin instances that may exist at once.
+    #[arg(long, env = "NANOFAAS_PLUGIN_INSTANCES", default_value_t = defaults::PLUGIN_INSTANCES)]
+    pub plugin_instances: u32,
+    /// Memory limit of one plugin instance, in MiB.
+    #[arg(long, env = "NANOFAAS_PLUGIN_MEMORY_MIB", default_value_t = defaults::PLUGIN_MEMORY_MIB)]
+    pub plugin_memory_mib: u32,
+    /// CPU budget of one plugin call, in milliseconds.
+    #[arg(long, env = "NANOFAAS_PLUGIN_CPU_BUDGET_MS", default_value_t = defaults::PLUGIN_CPU_BUDGET_MS)]
+    pub plugin_cpu_budget_ms: u32,
+    /// Wall-clock limit of one plugin call, in milliseconds.
+    #[arg(long, env = "NANOFAAS_PLUGIN_CALL_TIMEOUT_MS", default_value_t = defaults::PLUGIN_CALL_TIMEOUT_MS)]
+    pub plugin_call_timeout_ms: u64,
+    /// Log lines one plugin call may emit.
+    #[arg(long, env = "NANOFAAS_PLUGIN_LOG_BUDGET", default_value_t = defaults::PLUGIN_LOG_BUDGET)]
+    pub plugin_log_budget: u32,
+    /// Log format.
+    #[arg(long, env = "NANOFAAS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Self {
+        let base = PluginLimits::default();
+        Self {
+            listen: a.listen,
+            admin_listen: a.admin_listen,
+            plugin_dir: a.plugin_dir,
+            grants: a.grants,
+            functions_file: a.functions,
+            callback_url: a.callback_url,
+            callback_secret: a.callback_secret,
+            max_body_bytes: a.max_body_bytes,
+            max_timeout: Duration::from_millis(a.max_timeout_ms),
+            execution_retention: Duration::from_secs(a.execution_retention_secs),
+            max_retained_executions: a.max_retained_executions,
+            idempotency_ttl: Duration::from_secs(a.idempotency_ttl_secs),
+            retry_base: Duration::from_millis(a.retry_base_ms),
+            retry_max: Duration::from_millis(a.retry_max_ms),
+            plugin: PluginLimits {
+                instances: a.plugin_instances,
+                memory_bytes: a.plugin_memory_mib as usize * 1024 * 1024,
+                cpu_budget_ticks: a.plugin_cpu_budget_ms,
+                call_timeout: Duration::from_millis(a.plugin_call_timeout_ms),
+                log_budget: a.plugin_log_budget,
+                ..base
+            },
+            log_format: a.log_format,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_default_to_the_table() {
+        let cli = Cli::try_parse_from(["nanofaas", "serve"]).expect("parses");
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
+        let config = Config::from(*args);
+        let default = Config::default();
+        assert_eq!(config.listen, default.listen);
+        assert_eq!(config.admin_listen.port(), 8081);
+        assert_eq!(config.max_body_bytes, default.max_body_bytes);
+        assert_eq!(config.plugin.memory_bytes, default.plugin.memory_bytes);
+        assert_eq!(config.plugin.call_timeout, default.plugin.call_timeout);
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Cli::try_parse_from([
+            "nanofaas",
+            "serve",
+            "--listen",
+            "0.0.0.0:9000",
+            "--max-body-bytes",
+            "10",
+            "--grant",
+            "mine=http",
+            "--grant",
+            "other=process",
+        ])
+        .expect("parses");
+        let Command::Serve(args) = cli.command else { panic!("serve expected") };
+        let config = Config::from(*args);
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.max_body_bytes, 10);
+        assert_eq!(config.grants, ["mine=http", "other=process"]);
+    }
+
+    #[test]
+    fn callback_base_defaults_to_the_bound_address() {
+        let config = Config::default();
+        assert_eq!(config.callback_base("127.0.0.1:1234".parse().unwrap()), "http://127.0.0.1:1234");
+        let config = Config { callback_url: Some("http://host:80/".into()), ..Config::default() };
+        assert_eq!(config.callback_base("127.0.0.1:1234".parse().unwrap()), "http://host:80");
+    }
+}

@@ -1,0 +1,399 @@
+//! Functions: the API's `FunctionSpec`, its defaults and validation, and the registry.
+//!
+//! The spec keeps the fields of nanofaas v1 (`image`, `command`, `env`, `resources`, `timeoutMs`,
+//! `concurrency`, `queueSize`, `maxRetries`, `endpointUrl`, `executionMode`, `runtimeMode`,
+//! `runtimeCommand`) and adds `dispatcher` (a plugin name) and `dispatcherConfig` (a JSON object
+//! the plugin validates). A registered [`Function`] is the resolved spec (every default filled
+//! in), the plugin that runs it and its admission queue; it never changes after registration,
+//! so executions keep the snapshot they started with even if the function is deleted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::{FunctionView, Plugin};
+use crate::queue::FunctionQueue;
+
+/// Defaults of nanofaas v1.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+pub const DEFAULT_QUEUE_SIZE: u32 = 100;
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Upper bounds that keep one function from claiming unbounded host memory.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+pub const MAX_QUEUE_SIZE: u32 = 100_000;
+pub const MAX_RETRIES: u32 = 10;
+/// Longest function name: a DNS label with room for the suffix of a Job name.
+pub const MAX_NAME_LEN: usize = 48;
+
+/// How nanofaas v1 chose a dispatcher; each mode maps to a plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ExecutionMode {
+    /// nanofaas's in-process echo → the `echo` plugin.
+    Local,
+    /// A warm HTTP endpoint → `pool`.
+    Pool,
+    /// A Kubernetes Job per invocation → `k8s-job`.
+    Remote,
+}
+
+impl ExecutionMode {
+    pub fn dispatcher(self) -> &'static str {
+        match self {
+            ExecutionMode::Local => "echo",
+            ExecutionMode::Pool => "pool",
+            ExecutionMode::Remote => "k8s-job",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionMode::Local => "LOCAL",
+            ExecutionMode::Pool => "POOL",
+            ExecutionMode::Remote => "REMOTE",
+        }
+    }
+
+    fn of_dispatcher(plugin: &str) -> Option<Self> {
+        match plugin {
+            "echo" => Some(ExecutionMode::Local),
+            "pool" => Some(ExecutionMode::Pool),
+            "k8s-job" | "job-poll" => Some(ExecutionMode::Remote),
+            _ => None,
+        }
+    }
+}
+
+/// How the function process inside a Job talks to `nanofaas-runtime`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RuntimeMode {
+    Http,
+    Stdio,
+    File,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// The function spec of the API: what clients send, and (resolved) what they get back.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceSpec>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub queue_size: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_mode: Option<ExecutionMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_mode: Option<RuntimeMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_command: Option<String>,
+    #[serde(default)]
+    pub dispatcher: Option<String>,
+    #[serde(default)]
+    pub dispatcher_config: Option<serde_json::Value>,
+}
+
+/// A spec that cannot be registered: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Whether `name` is usable as a function name (and inside Kubernetes object names).
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+impl FunctionSpec {
+    /// Parses a spec from JSON, naming the offending field on error.
+    pub fn from_json(body: &[u8]) -> Result<Self, SpecError> {
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde reports a missing field at its parent; name the field itself.
+            let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+            let field = match (path.as_str(), missing) {
+                (".", Some(name)) => name.to_string(),
+                (".", None) => "body".to_string(),
+                (_, Some(name)) => format!("{path}.{name}"),
+                _ => path,
+            };
+            SpecError::new(field, message)
+        })
+    }
+
+    /// Fills in every default and checks every field the host owns. The plugin checks the rest
+    /// (`dispatcherConfig`, and whatever its strategy needs) in `validate`.
+    pub fn resolve(mut self, max_timeout: Duration) -> Result<Self, SpecError> {
+        if !valid_name(&self.name) {
+            return Err(SpecError::new(
+                "name",
+                format!(
+                    "`{}` is not a valid function name: 1 to {MAX_NAME_LEN} lower-case letters, digits and `-`, \
+                     starting with a letter and not ending with `-`",
+                    self.name
+                ),
+            ));
+        }
+        let timeout = *self.timeout_ms.get_or_insert(DEFAULT_TIMEOUT_MS);
+        let max_ms = max_timeout.as_millis() as u64;
+        if timeout == 0 || timeout > max_ms {
+            return Err(SpecError::new("timeoutMs", format!("must be between 1 and {max_ms}, got {timeout}")));
+        }
+        let concurrency = *self.concurrency.get_or_insert(DEFAULT_CONCURRENCY);
+        if concurrency == 0 || concurrency > MAX_CONCURRENCY {
+            return Err(SpecError::new(
+                "concurrency",
+                format!("must be between 1 and {MAX_CONCURRENCY}, got {concurrency}"),
+            ));
+        }
+        let queue = *self.queue_size.get_or_insert(DEFAULT_QUEUE_SIZE);
+        if queue > MAX_QUEUE_SIZE {
+            return Err(SpecError::new("queueSize", format!("must be at most {MAX_QUEUE_SIZE}, got {queue}")));
+        }
+        let retries = *self.max_retries.get_or_insert(DEFAULT_MAX_RETRIES);
+        if retries > MAX_RETRIES {
+            return Err(SpecError::new("maxRetries", format!("must be at most {MAX_RETRIES}, got {retries}")));
+        }
+        let command = self.command.get_or_insert_with(Vec::new);
+        if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+            return Err(SpecError::new(format!("command[{i}]"), "must not contain NUL"));
+        }
+        for key in self.env.get_or_insert_with(BTreeMap::new).keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SpecError::new(format!("env.{key}"), "is not a valid environment variable name"));
+            }
+        }
+        if let Some(image) = &self.image
+            && image.trim().is_empty()
+        {
+            return Err(SpecError::new("image", "must not be blank"));
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SpecError::new("endpointUrl", format!("`{url}` is not an http:// or https:// URL")));
+        }
+        // `dispatcher` wins; otherwise `executionMode` picks it (nanofaas v1 defaults to REMOTE).
+        let dispatcher = match (&self.dispatcher, self.execution_mode) {
+            (Some(d), _) => d.clone(),
+            (None, mode) => mode.unwrap_or(ExecutionMode::Remote).dispatcher().to_string(),
+        };
+        if let (Some(mode), Some(implied)) = (self.execution_mode, ExecutionMode::of_dispatcher(&dispatcher))
+            && mode != implied
+        {
+            return Err(SpecError::new(
+                "executionMode",
+                format!("{} does not match dispatcher `{dispatcher}`", mode.as_str()),
+            ));
+        }
+        self.execution_mode = self.execution_mode.or(ExecutionMode::of_dispatcher(&dispatcher));
+        self.dispatcher = Some(dispatcher);
+        match self.dispatcher_config.get_or_insert_with(|| serde_json::json!({})) {
+            serde_json::Value::Object(_) => {}
+            _ => return Err(SpecError::new("dispatcherConfig", "must be a JSON object")),
+        }
+        Ok(self)
+    }
+
+    /// The plugin's view of a resolved spec.
+    pub fn view(&self) -> FunctionView {
+        FunctionView {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            command: self.command.clone().unwrap_or_default(),
+            env: self.env.clone().unwrap_or_default().into_iter().collect(),
+            cpu: self.resources.as_ref().and_then(|r| r.cpu.clone()),
+            memory: self.resources.as_ref().and_then(|r| r.memory.clone()),
+            timeout_ms: self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+            endpoint_url: self.endpoint_url.clone(),
+            config: self.dispatcher_config.as_ref().map_or_else(|| "{}".to_string(), |v| v.to_string()),
+        }
+    }
+}
+
+/// A registered function.
+pub struct Function {
+    /// The resolved spec, as shown by the API.
+    pub spec: FunctionSpec,
+    /// What plugins see.
+    pub view: Arc<FunctionView>,
+    pub plugin: Arc<Plugin>,
+    pub queue: Arc<FunctionQueue>,
+}
+
+impl Function {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn dispatcher(&self) -> &str {
+        &self.plugin.name
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
+    }
+
+    pub fn max_retries(&self) -> u32 {
+        self.spec.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)
+    }
+}
+
+/// The registered functions by name.
+#[derive(Default)]
+pub struct Registry {
+    functions: RwLock<HashMap<String, Arc<Function>>>,
+}
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<Arc<Function>> {
+        self.functions.read().expect("registry lock").get(name).cloned()
+    }
+
+    /// All functions, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Function>> {
+        let mut all: Vec<_> = self.functions.read().expect("registry lock").values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Inserts unless the name is taken; returns whether it was inserted.
+    pub fn insert(&self, function: Arc<Function>) -> bool {
+        let mut map = self.functions.write().expect("registry lock");
+        if map.contains_key(function.name()) {
+            return false;
+        }
+        map.insert(function.name().to_string(), function);
+        true
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<Function>> {
+        self.functions.write().expect("registry lock").remove(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(900);
+
+    fn spec(json: &str) -> Result<FunctionSpec, SpecError> {
+        FunctionSpec::from_json(json.as_bytes())?.resolve(MAX)
+    }
+
+    #[test]
+    fn fills_in_nanofaas_defaults() {
+        let s = spec(r#"{"name":"hello","executionMode":"LOCAL"}"#).unwrap();
+        assert_eq!(s.timeout_ms, Some(30_000));
+        assert_eq!(s.concurrency, Some(4));
+        assert_eq!(s.queue_size, Some(100));
+        assert_eq!(s.max_retries, Some(3));
+        assert_eq!(s.dispatcher.as_deref(), Some("echo"));
+        assert_eq!(s.dispatcher_config, Some(serde_json::json!({})));
+    }
+
+    #[test]
+    fn execution_modes_map_to_plugins() {
+        assert_eq!(spec(r#"{"name":"a","executionMode":"POOL"}"#).unwrap().dispatcher.unwrap(), "pool");
+        assert_eq!(spec(r#"{"name":"a","executionMode":"REMOTE"}"#).unwrap().dispatcher.unwrap(), "k8s-job");
+        assert_eq!(spec(r#"{"name":"a"}"#).unwrap().dispatcher.unwrap(), "k8s-job");
+        let s = spec(r#"{"name":"a","dispatcher":"job-poll"}"#).unwrap();
+        assert_eq!(s.execution_mode, Some(ExecutionMode::Remote));
+        let s = spec(r#"{"name":"a","dispatcher":"custom"}"#).unwrap();
+        assert_eq!(s.execution_mode, None);
+        let e = spec(r#"{"name":"a","dispatcher":"echo","executionMode":"POOL"}"#).unwrap_err();
+        assert_eq!(e.field, "executionMode");
+    }
+
+    #[test]
+    fn names_must_be_kubernetes_safe() {
+        for bad in ["", "Hello", "1abc", "a_b", "abc-", "a.b", &"a".repeat(49)] {
+            let e = FunctionSpec { name: bad.into(), ..Default::default() }.resolve(MAX).unwrap_err();
+            assert_eq!(e.field, "name", "{bad}");
+        }
+        for good in ["a", "hello-world", "f2", &"a".repeat(48)] {
+            assert!(valid_name(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(spec(r#"{"name":"a","timeoutMs":0}"#).unwrap_err().field, "timeoutMs");
+        assert_eq!(spec(r#"{"name":"a","timeoutMs":900001}"#).unwrap_err().field, "timeoutMs");
+        assert_eq!(spec(r#"{"name":"a","concurrency":0}"#).unwrap_err().field, "concurrency");
+        assert_eq!(spec(r#"{"name":"a","maxRetries":11}"#).unwrap_err().field, "maxRetries");
+        assert_eq!(spec(r#"{"name":"a","queueSize":100001}"#).unwrap_err().field, "queueSize");
+        assert_eq!(spec(r#"{"name":"a","endpointUrl":"ftp://x"}"#).unwrap_err().field, "endpointUrl");
+        assert_eq!(spec(r#"{"name":"a","dispatcherConfig":[1]}"#).unwrap_err().field, "dispatcherConfig");
+        assert_eq!(spec(r#"{"name":"a","env":{"A=B":"c"}}"#).unwrap_err().field, "env.A=B");
+        // Type errors and unknown fields come from parsing, with the path.
+        let e = FunctionSpec::from_json(br#"{"name":"a","timeoutMs":"soon"}"#).unwrap_err();
+        assert_eq!(e.field, "timeoutMs");
+        let e = FunctionSpec::from_json(br#"{"name":"a","resources":{"gpu":"1"}}"#).unwrap_err();
+        assert_eq!(e.field, "resources.gpu");
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        let e = FunctionSpec::from_json(br#"{"name":"a","timeoutMS":5}"#).unwrap_err();
+        assert_eq!(e.field, "timeoutMS");
+        let e = FunctionSpec::from_json(b"not json").unwrap_err();
+        assert_eq!(e.field, "body");
+    }
+
+    #[test]
+    fn view_carries_what_plugins_need() {
+        let s = spec(
+            r#"{"name":"a","image":"img","command":["run"],"env":{"K":"V"},"resources":{"cpu":"250m"},
+                "timeoutMs":1000,"dispatcher":"echo","dispatcherConfig":{"k":1}}"#,
+        )
+        .unwrap();
+        let v = s.view();
+        assert_eq!(v.image.as_deref(), Some("img"));
+        assert_eq!(v.command, ["run"]);
+        assert_eq!(v.env, [("K".to_string(), "V".to_string())]);
+        assert_eq!(v.cpu.as_deref(), Some("250m"));
+        assert_eq!(v.timeout_ms, 1000);
+        assert_eq!(v.config, r#"{"k":1}"#);
+    }
+}

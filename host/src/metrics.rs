@@ -1,0 +1,127 @@
+//! The metric families and their names: `nanofaas_` prefix, base units (seconds, bytes).
+//!
+//! One [`Metrics`] value per host, registered in its own registry (never the global one, so tests
+//! and several hosts in one process do not collide). Labels are bounded: function names come from
+//! the registry, routes are matched route templates, never raw URIs or execution ids.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Latency buckets in seconds, from 100 µs to 5 min.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Finished executions by function, dispatcher and outcome (`success`, `error`, `timeout`, `cancelled`).
+    pub invocations: IntCounterVec,
+    /// Accept-to-finish time of executions.
+    pub invocation_duration: HistogramVec,
+    /// Executions waiting for a concurrency slot.
+    pub queue_depth: IntGaugeVec,
+    /// Executions holding a concurrency slot.
+    pub in_flight: IntGaugeVec,
+    /// Executions that reached their deadline.
+    pub timeouts: IntCounterVec,
+    /// Attempts after the first.
+    pub retries: IntCounterVec,
+    /// Requests refused by admission (429), by function and reason.
+    pub rejected: IntCounterVec,
+    /// Duration of plugin calls by plugin and call (`validate`, `dispatch`, `poll`, `release`).
+    pub plugin_call_duration: HistogramVec,
+    /// Plugin calls that failed with `PLUGIN_FAULT`, by plugin, call and kind.
+    pub plugin_faults: IntCounterVec,
+    /// Completion callbacks by outcome (`accepted`, `duplicate`, `late`, `rejected`).
+    pub callbacks: IntCounterVec,
+    /// Finished executions evicted after their retention.
+    pub evicted: IntCounterVec,
+    /// HTTP requests by matched route, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request duration by matched route and method.
+    pub http_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        Self {
+            invocations: counter(
+                "nanofaas_invocations_total",
+                "Finished executions by function, dispatcher and outcome.",
+                &["function", "dispatcher", "outcome"],
+            ),
+            invocation_duration: histogram(
+                "nanofaas_invocation_duration_seconds",
+                "Time from accept to terminal state.",
+                &["function", "dispatcher", "outcome"],
+            ),
+            queue_depth: gauge("nanofaas_queue_depth", "Executions waiting for a concurrency slot.", &["function"]),
+            in_flight: gauge("nanofaas_in_flight", "Executions holding a concurrency slot.", &["function"]),
+            timeouts: counter("nanofaas_timeouts_total", "Executions that reached their deadline.", &["function"]),
+            retries: counter("nanofaas_retries_total", "Attempts started after a retryable failure.", &["function"]),
+            rejected: counter(
+                "nanofaas_rejected_total",
+                "Invocations refused by admission control.",
+                &["function", "reason"],
+            ),
+            plugin_call_duration: histogram(
+                "nanofaas_plugin_call_duration_seconds",
+                "Duration of one plugin call (fresh instance included).",
+                &["plugin", "call"],
+            ),
+            plugin_faults: counter(
+                "nanofaas_plugin_faults_total",
+                "Plugin calls that failed with PLUGIN_FAULT.",
+                &["plugin", "call", "kind"],
+            ),
+            callbacks: counter("nanofaas_callbacks_total", "Completion callbacks by outcome.", &["outcome"]),
+            evicted: counter(
+                "nanofaas_executions_evicted_total",
+                "Finished executions removed from the store.",
+                &["reason"],
+            ),
+            http_requests: counter(
+                "nanofaas_http_requests_total",
+                "HTTP requests by matched route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                "nanofaas_http_request_duration_seconds",
+                "HTTP request duration by matched route and method.",
+                &["route", "method"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,449 @@
+//! The Wasm plugin runtime: loads dispatcher components and calls them, bounded.
+//!
+//! [`Catalog`] owns the one wasmtime `Engine` and every plugin compiled once and
+//! pre-instantiated (`InstancePre`); it is expensive to build and cheap to share. [`Plugins`]
+//! calls them on behalf of one host: each call gets a fresh `Store` and instance from the pooling
+//! allocator, behind a semaphore no larger than the pool, and is bounded three ways: CPU by an
+//! epoch deadline (1 ms ticks that yield to tokio, interrupt after the budget), wall clock by an
+//! outer timeout (it also covers time spent in host capabilities), memory by a store limiter.
+//! Whatever a plugin does — trap, loop, allocate without bound, return nonsense — fails that one
+//! call with [`PluginFault`]; nothing outlives the call.
+//!
+//! The host-side types here ([`Invocation`], [`Outcome`], …) mirror the WIT contract; the
+//! generated ones stay inside `bindings`.
+
+mod bindings;
+mod imports;
+mod loader;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use crate::capability::{Capabilities, Grants};
+use crate::config::PluginLimits;
+use crate::metrics::Metrics;
+
+pub use loader::{CatalogBuilder, LoadError};
+
+/// Host-owned bytes behind the WIT `payload` resource.
+pub struct Payload(pub Bytes);
+
+/// Where a plugin came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Compiled into the `nanofaas` binary.
+    Builtin,
+    /// Loaded from the plugin directory.
+    File(std::path::PathBuf),
+}
+
+/// One loaded plugin.
+pub struct Plugin {
+    pub name: String,
+    pub source: Source,
+    pub grants: Grants,
+    pre: bindings::DispatcherPre<HostState>,
+}
+
+/// The engine and the compiled plugins.
+pub struct Catalog {
+    engine: Engine,
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    pool_size: u32,
+    memory_bytes: usize,
+}
+
+impl Catalog {
+    /// Starts a catalog whose engine is tuned for `limits` (pool size, memory per instance).
+    pub fn builder(limits: &PluginLimits) -> anyhow::Result<CatalogBuilder> {
+        CatalogBuilder::new(limits)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    /// Plugin names in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plugins.keys().map(String::as_str)
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+}
+
+/// A function as plugins see it (the WIT `function-spec`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FunctionView {
+    pub name: String,
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub timeout_ms: u64,
+    pub endpoint_url: Option<String>,
+    /// `dispatcherConfig` as JSON object text.
+    pub config: String,
+}
+
+/// One attempt of one execution (the WIT `invocation`).
+#[derive(Clone, Debug, Default)]
+pub struct Invocation {
+    pub execution_id: String,
+    pub attempt: u32,
+    pub function: Arc<FunctionView>,
+    pub content_type: String,
+    pub metadata: Vec<(String, String)>,
+    pub trace_id: String,
+    pub idempotency_key: Option<String>,
+    pub deadline_unix_ms: u64,
+    pub remaining_ms: u64,
+    pub callback_url: Option<String>,
+    pub callback_token: String,
+}
+
+/// A function's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// Why a step produced no output (the WIT `failure`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// What a dispatch or poll step produced (the WIT `outcome`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Done(Result<Output, Failure>),
+    Pending { handle: String, poll_after: Option<Duration> },
+}
+
+/// Why the host lets go of pending work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReleaseReason {
+    Completed,
+    Timeout,
+    Cancelled,
+}
+
+/// A plugin call that failed for reasons of the plugin itself: the platform error
+/// `PLUGIN_FAULT`. The message is for operators and users alike (no host internals).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct PluginFault {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+/// How a plugin call failed; the `kind` label of `nanofaas_plugin_faults_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The guest trapped (a panic, an abort, an out-of-bounds access).
+    Trap,
+    /// The guest used up its CPU budget.
+    Cpu,
+    /// The guest went past its memory limit.
+    Memory,
+    /// The call took longer than its wall-clock limit.
+    Timeout,
+    /// The guest returned a result the host cannot accept.
+    Malformed,
+    /// The guest went past a host resource quota (log lines, payload bytes).
+    Quota,
+    /// The plugin could not be instantiated.
+    Instantiate,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Cpu => "cpu",
+            FaultKind::Memory => "memory",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Malformed => "malformed",
+            FaultKind::Quota => "quota",
+            FaultKind::Instantiate => "instantiate",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host-side error raised inside a call, carried through wasmtime as a trap so the guest
+/// stops at once; classified back into a [`PluginFault`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct HostAbort {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+impl HostAbort {
+    pub(crate) fn error(kind: FaultKind, message: impl Into<String>) -> wasmtime::Error {
+        wasmtime::Error::new(HostAbort { kind, message: message.into() })
+    }
+}
+
+/// Who a call is made for: carried into logs and capabilities.
+#[derive(Clone, Debug, Default)]
+pub struct CallContext {
+    pub execution_id: Option<String>,
+    pub function: Option<String>,
+    pub trace_id: Option<String>,
+    pub attempt: u32,
+}
+
+impl CallContext {
+    pub fn for_invocation(inv: &Invocation) -> Self {
+        Self {
+            execution_id: Some(inv.execution_id.clone()),
+            function: Some(inv.function.name.clone()),
+            trace_id: Some(inv.trace_id.clone()),
+            attempt: inv.attempt,
+        }
+    }
+}
+
+/// The data of one `Store`: lives for one plugin call.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    grants: Grants,
+    ctx: CallContext,
+    caps: Arc<Capabilities>,
+    /// Epoch ticks of CPU left.
+    ticks_left: u32,
+    /// Log lines left.
+    log_budget: u32,
+    /// Bytes of host payloads the guest may still create.
+    payload_budget: u64,
+    /// Payload handles the guest may still create.
+    handle_budget: u32,
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Plugin calls on behalf of one host.
+pub struct Plugins {
+    catalog: Arc<Catalog>,
+    permits: Semaphore,
+    limits: PluginLimits,
+    caps: Arc<Capabilities>,
+    metrics: Metrics,
+}
+
+/// Payload handles a guest may create in one call.
+const HANDLE_BUDGET: u32 = 10_000;
+
+impl Plugins {
+    pub fn new(catalog: Arc<Catalog>, limits: PluginLimits, caps: Arc<Capabilities>, metrics: Metrics) -> Self {
+        // Never more instances in flight than the pool has slots: past that, instantiation
+        // fails instead of waiting.
+        let permits = limits.instances.min(catalog.pool_size).max(1) as usize;
+        Self { catalog, permits: Semaphore::new(permits), limits, caps, metrics }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.catalog.get(name)
+    }
+
+    /// `validate` at registration: `Ok(Err(reason))` when the plugin refuses the spec.
+    pub async fn validate(&self, plugin: &Plugin, spec: &FunctionView) -> Result<Result<(), String>, PluginFault> {
+        let spec = bindings::to_spec(spec);
+        self.call(plugin, "validate", CallContext::default(), async |store, inst| {
+            inst.nanofaas_dispatcher_strategy().call_validate(store, &spec).await
+        })
+        .await
+    }
+
+    /// `dispatch`: starts one attempt with `input` as the payload.
+    pub async fn dispatch(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        input: Bytes,
+    ) -> Result<Result<Outcome, Failure>, PluginFault> {
+        let wit_inv = bindings::to_invocation(inv);
+        self.call(plugin, "dispatch", CallContext::for_invocation(inv), async |store, inst| {
+            let input = store.data_mut().table.push(Payload(input))?;
+            let borrowed = wasmtime::component::Resource::new_borrow(input.rep());
+            let result = inst.nanofaas_dispatcher_strategy().call_dispatch(&mut *store, &wit_inv, borrowed).await?;
+            store.data_mut().table.delete(input)?;
+            bindings::from_step(store, result)
+        })
+        .await
+    }
+
+    /// `poll`: checks on pending work.
+    pub async fn poll(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        handle: &str,
+    ) -> Result<Result<Outcome, Failure>, PluginFault> {
+        let wit_inv = bindings::to_invocation(inv);
+        self.call(plugin, "poll", CallContext::for_invocation(inv), async |store, inst| {
+            let result = inst.nanofaas_dispatcher_strategy().call_poll(&mut *store, &wit_inv, handle).await?;
+            bindings::from_step(store, result)
+        })
+        .await
+    }
+
+    /// `release`: lets go of pending work.
+    pub async fn release(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        handle: &str,
+        reason: ReleaseReason,
+    ) -> Result<(), PluginFault> {
+        let wit_inv = bindings::to_invocation(inv);
+        let reason = bindings::to_reason(reason);
+        self.call(plugin, "release", CallContext::for_invocation(inv), async |store, inst| {
+            inst.nanofaas_dispatcher_strategy().call_release(store, &wit_inv, handle, reason).await
+        })
+        .await
+    }
+
+    /// One bounded call on a fresh instance.
+    async fn call<T>(
+        &self,
+        plugin: &Plugin,
+        call: &'static str,
+        ctx: CallContext,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &bindings::Dispatcher) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginFault> {
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let started = Instant::now();
+        let stderr = MemoryOutputPipe::new(self.limits.stderr_bytes);
+        let mut store = self.new_store(plugin, ctx, stderr.clone());
+        let result = tokio::time::timeout(self.limits.call_timeout, async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| HostAbort::error(FaultKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
+            f(&mut store, &instance).await
+        })
+        .await;
+        self.metrics
+            .plugin_call_duration
+            .with_label_values(&[plugin.name.as_str(), call])
+            .observe(started.elapsed().as_secs_f64());
+        let fault = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => classify(&error, &stderr.contents()),
+            Err(_) => PluginFault {
+                kind: FaultKind::Timeout,
+                message: format!("{call} did not finish within {} ms", self.limits.call_timeout.as_millis()),
+            },
+        };
+        self.metrics.plugin_faults.with_label_values(&[plugin.name.as_str(), call, fault.kind.as_str()]).inc();
+        tracing::warn!(plugin = %plugin.name, call, kind = %fault.kind, error = %fault.message, "plugin fault");
+        Err(PluginFault { message: format!("plugin `{}` {call}: {}", plugin.name, fault.message), ..fault })
+    }
+
+    fn new_store(&self, plugin: &Plugin, ctx: CallContext, stderr: MemoryOutputPipe) -> Store<HostState> {
+        let wasi = WasiCtx::builder().stderr(stderr).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.catalog.memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            plugin: Arc::from(plugin.name.as_str()),
+            grants: plugin.grants.clone(),
+            ctx,
+            caps: self.caps.clone(),
+            ticks_left: self.limits.cpu_budget_ticks,
+            log_budget: self.limits.log_budget,
+            payload_budget: self.limits.payload_bytes,
+            handle_budget: HANDLE_BUDGET,
+        };
+        let mut store = Store::new(&self.catalog.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            if state.ticks_left == 0 {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            state.ticks_left -= 1;
+            // Give the tick back to tokio so a busy guest cannot starve other tasks.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        });
+        store
+    }
+}
+
+/// Turns a wasmtime error into a fault, with the guest's stderr (a panic message) when useful.
+fn classify(error: &wasmtime::Error, stderr: &[u8]) -> PluginFault {
+    if let Some(abort) = error.downcast_ref::<HostAbort>() {
+        return PluginFault { kind: abort.kind, message: abort.message.clone() };
+    }
+    let stderr = String::from_utf8_lossy(stderr);
+    let stderr = stderr.trim();
+    let with_stderr = |message: String| {
+        if stderr.is_empty() { message } else { format!("{message}; stderr: {stderr}") }
+    };
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => {
+                PluginFault { kind: FaultKind::Cpu, message: "used up its CPU budget (interrupted)".into() }
+            }
+            wasmtime::Trap::AllocationTooLarge => {
+                PluginFault { kind: FaultKind::Memory, message: "went past its memory limit".into() }
+            }
+            other => PluginFault { kind: FaultKind::Trap, message: with_stderr(format!("trapped: {other}")) },
+        };
+    }
+    let text = format!("{error:#}");
+    if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
+        return PluginFault { kind: FaultKind::Memory, message: format!("went past its memory limit ({text})") };
+    }
+    // Everything else comes from lifting the guest's results (invalid UTF-8, unknown handles,
+    // bad discriminants): the plugin returned something the contract does not allow.
+    PluginFault { kind: FaultKind::Malformed, message: with_stderr(format!("returned a malformed result: {text}")) }
+}
+
+/// Milliseconds since the Unix epoch, for `deadline-unix-ms`.
+pub fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,98 @@
+//! The one `bindgen!` of the host: Rust types and traits generated from `wit/`, and the
+//! conversions between them and the host-side types of `plugin`. Nothing generated here is
+//! visible outside `plugin`.
+
+use wasmtime::Store;
+
+use super::{FaultKind, HostAbort, HostState, Output, Payload};
+
+wasmtime::component::bindgen!({
+    world: "dispatcher",
+    path: "../wit",
+    imports: { default: async | trappable },
+    exports: { default: async },
+    with: { "nanofaas:dispatcher/types.payload": super::Payload },
+});
+
+use self::nanofaas::dispatcher::types as wit;
+
+pub(super) fn to_spec(spec: &super::FunctionView) -> wit::FunctionSpec {
+    wit::FunctionSpec {
+        name: spec.name.clone(),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        env: spec.env.clone(),
+        resources: wit::Resources { cpu: spec.cpu.clone(), memory: spec.memory.clone() },
+        timeout_ms: spec.timeout_ms,
+        endpoint_url: spec.endpoint_url.clone(),
+        config: spec.config.clone(),
+    }
+}
+
+pub(super) fn to_invocation(inv: &super::Invocation) -> wit::Invocation {
+    wit::Invocation {
+        execution_id: inv.execution_id.clone(),
+        attempt: inv.attempt,
+        function: to_spec(&inv.function),
+        content_type: inv.content_type.clone(),
+        metadata: inv.metadata.clone(),
+        trace_id: inv.trace_id.clone(),
+        idempotency_key: inv.idempotency_key.clone(),
+        deadline_unix_ms: inv.deadline_unix_ms,
+        remaining_ms: inv.remaining_ms,
+        callback_url: inv.callback_url.clone(),
+        callback_token: inv.callback_token.clone(),
+    }
+}
+
+pub(super) fn to_reason(reason: super::ReleaseReason) -> wit::ReleaseReason {
+    match reason {
+        super::ReleaseReason::Completed => wit::ReleaseReason::Completed,
+        super::ReleaseReason::Timeout => wit::ReleaseReason::Timeout,
+        super::ReleaseReason::Cancelled => wit::ReleaseReason::Cancelled,
+    }
+}
+
+fn from_failure(f: wit::Failure) -> wasmtime::Result<super::Failure> {
+    let code_ok = !f.code.is_empty()
+        && f.code.len() <= 64
+        && f.code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !code_ok {
+        return Err(malformed(format!("failure code `{}` is not an UPPER_SNAKE_CASE code", f.code)));
+    }
+    Ok(super::Failure { code: f.code, message: f.message, retryable: f.retryable })
+}
+
+/// Takes a step's result out of the store, checking what the contract requires beyond types.
+pub(super) fn from_step(
+    store: &mut Store<HostState>,
+    result: Result<wit::Outcome, wit::Failure>,
+) -> wasmtime::Result<Result<super::Outcome, super::Failure>> {
+    let outcome = match result {
+        Err(failure) => return Ok(Err(from_failure(failure)?)),
+        Ok(outcome) => outcome,
+    };
+    Ok(Ok(match outcome {
+        wit::Outcome::Done(Ok(output)) => {
+            let Payload(body) = store.data_mut().table.delete(output.body)?;
+            if output.content_type.is_empty() || output.content_type.len() > 255 {
+                return Err(malformed("output content type is empty or too long".into()));
+            }
+            super::Outcome::Done(Ok(Output { content_type: output.content_type, body }))
+        }
+        wit::Outcome::Done(Err(failure)) => super::Outcome::Done(Err(from_failure(failure)?)),
+        wit::Outcome::Pending(p) => {
+            if p.handle.is_empty() || p.handle.len() > 253 {
+                return Err(malformed("pending handle must be 1 to 253 bytes".into()));
+            }
+            super::Outcome::Pending {
+                handle: p.handle,
+                poll_after: p.poll_after_ms.map(|ms| std::time::Duration::from_millis(ms.into())),
+            }
+        }
+    }))
+}
+
+fn malformed(message: String) -> wasmtime::Error {
+    HostAbort::error(FaultKind::Malformed, format!("returned a malformed result: {message}"))
+}

@@ -1,0 +1,196 @@
+//! Host implementations of the contract's imports, as seen from inside one plugin call.
+//!
+//! Every import checks the plugin's grants first; the work itself is done by `capability`.
+//! Quotas (log lines, payload bytes and handles) are counted in the store and end the call with
+//! a fault when exceeded, so a runaway guest cannot turn the host's memory or logs against it.
+
+use wasmtime::component::Resource;
+
+use super::bindings::nanofaas::dispatcher::{http, kubernetes, log, process, types};
+use super::{FaultKind, HostAbort, HostState, Payload};
+use crate::capability::Capability;
+
+impl HostState {
+    /// The reason a capability cannot be used by this plugin now, if any.
+    fn refused(&self, cap: Capability) -> Option<String> {
+        if !self.grants.allows(cap) {
+            return Some(format!("capability `{cap}` is not granted to plugin `{}`", self.plugin));
+        }
+        self.caps.unavailable(cap)
+    }
+
+    fn payload(&self, handle: &Resource<Payload>) -> wasmtime::Result<&Payload> {
+        Ok(self.table.get(handle)?)
+    }
+
+    /// Creates a host payload, counted against the call's quotas.
+    pub(super) fn new_payload(&mut self, bytes: bytes::Bytes) -> wasmtime::Result<Resource<Payload>> {
+        let len = bytes.len() as u64;
+        if self.handle_budget == 0 {
+            return Err(HostAbort::error(FaultKind::Quota, "created too many payloads in one call"));
+        }
+        if len > self.payload_budget {
+            return Err(HostAbort::error(
+                FaultKind::Quota,
+                "created more payload bytes in one call than the host allows",
+            ));
+        }
+        self.handle_budget -= 1;
+        self.payload_budget -= len;
+        Ok(self.table.push(Payload(bytes))?)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl types::HostPayload for HostState {
+    async fn new(&mut self, parts: Vec<types::Part>) -> wasmtime::Result<Resource<Payload>> {
+        let mut total = 0u64;
+        for part in &parts {
+            total += match part {
+                types::Part::Bytes(b) => b.len() as u64,
+                types::Part::Payload(p) => self.payload(p)?.0.len() as u64,
+            };
+        }
+        if total > self.payload_budget {
+            return Err(HostAbort::error(
+                FaultKind::Quota,
+                "created more payload bytes in one call than the host allows",
+            ));
+        }
+        // One part that is a whole payload is shared, not copied.
+        let bytes = match parts.as_slice() {
+            [types::Part::Payload(p)] => self.payload(p)?.0.clone(),
+            _ => {
+                let mut buf = Vec::with_capacity(total as usize);
+                for part in &parts {
+                    match part {
+                        types::Part::Bytes(b) => buf.extend_from_slice(b),
+                        types::Part::Payload(p) => buf.extend_from_slice(&self.payload(p)?.0),
+                    }
+                }
+                bytes::Bytes::from(buf)
+            }
+        };
+        self.new_payload(bytes)
+    }
+
+    async fn size(&mut self, this: Resource<Payload>) -> wasmtime::Result<u64> {
+        Ok(self.payload(&this)?.0.len() as u64)
+    }
+
+    async fn read(&mut self, this: Resource<Payload>, offset: u64, len: u32) -> wasmtime::Result<Vec<u8>> {
+        let bytes = &self.payload(&this)?.0;
+        let start = (offset.min(bytes.len() as u64)) as usize;
+        let end = start.saturating_add(len as usize).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+
+    async fn drop(&mut self, this: Resource<Payload>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        if self.log_budget == 0 {
+            return Err(HostAbort::error(FaultKind::Quota, "wrote more log lines in one call than the host allows"));
+        }
+        self.log_budget -= 1;
+        let plugin = &*self.plugin;
+        let execution_id = self.ctx.execution_id.as_deref().unwrap_or("");
+        let trace_id = self.ctx.trace_id.as_deref().unwrap_or("");
+        let function = self.ctx.function.as_deref().unwrap_or("");
+        macro_rules! emit {
+            ($lvl:expr) => {
+                tracing::event!(target: "nanofaas::plugin", $lvl, plugin, execution_id, function, trace_id, attempt = self.ctx.attempt, "{message}")
+            };
+        }
+        match level {
+            log::Level::Trace => emit!(tracing::Level::TRACE),
+            log::Level::Debug => emit!(tracing::Level::DEBUG),
+            log::Level::Info => emit!(tracing::Level::INFO),
+            log::Level::Warn => emit!(tracing::Level::WARN),
+            log::Level::Error => emit!(tracing::Level::ERROR),
+        }
+        Ok(())
+    }
+}
+
+impl process::Host for HostState {
+    async fn spawn(
+        &mut self,
+        _cmd: process::Command,
+        _stdin: Resource<Payload>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        Ok(Err(self.refused(Capability::Process).unwrap_or_else(|| "process capability is unavailable".into())))
+    }
+
+    async fn status(&mut self, _handle: String) -> wasmtime::Result<Result<Option<process::Exit>, String>> {
+        Ok(Err(self.refused(Capability::Process).unwrap_or_else(|| "process capability is unavailable".into())))
+    }
+
+    async fn kill(&mut self, _handle: String) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl http::Host for HostState {
+    async fn check_url(&mut self, _url: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(Err(self.refused(Capability::Http).unwrap_or_else(|| "http capability is unavailable".into())))
+    }
+
+    async fn start(
+        &mut self,
+        _req: http::Request,
+        _body: Resource<Payload>,
+    ) -> wasmtime::Result<Result<String, http::HttpError>> {
+        let reason = self.refused(Capability::Http).unwrap_or_else(|| "http capability is unavailable".into());
+        Ok(Err(http::HttpError::NotAllowed(reason)))
+    }
+
+    async fn take_response(
+        &mut self,
+        _handle: String,
+    ) -> wasmtime::Result<Option<Result<http::Response, http::HttpError>>> {
+        Ok(None)
+    }
+}
+
+impl kubernetes::Host for HostState {
+    async fn available(&mut self) -> wasmtime::Result<Result<(), String>> {
+        Ok(match self.refused(Capability::Kubernetes) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        })
+    }
+
+    async fn create_job(&mut self, _manifest: String) -> wasmtime::Result<Result<String, kubernetes::ApiError>> {
+        Ok(Err(self.kube_refused()))
+    }
+
+    async fn job_status(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<Option<kubernetes::JobState>, kubernetes::ApiError>> {
+        Ok(Err(self.kube_refused()))
+    }
+
+    async fn delete_job(&mut self, _name: String) -> wasmtime::Result<Result<(), kubernetes::ApiError>> {
+        Ok(Err(self.kube_refused()))
+    }
+}
+
+impl HostState {
+    fn kube_refused(&self) -> kubernetes::ApiError {
+        kubernetes::ApiError {
+            status: 0,
+            reason: "Unavailable".into(),
+            message: self
+                .refused(Capability::Kubernetes)
+                .unwrap_or_else(|| "kubernetes capability is unavailable".into()),
+            retryable: false,
+        }
+    }
+}

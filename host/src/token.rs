@@ -1,0 +1,67 @@
+//! Per-execution callback tokens.
+//!
+//! A token is HMAC-SHA256(host secret, execution id), base64url. It authenticates the completion
+//! callback (and the input download) of that one execution: it cannot be guessed without the
+//! secret, cannot be reused for another execution, and needs no storage — the host recomputes
+//! it to check it, in constant time.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Clone)]
+pub struct TokenKey(Vec<u8>);
+
+impl TokenKey {
+    /// A key from the operator's secret, or a random one (tokens then die with the process).
+    pub fn new(secret: Option<&str>) -> Self {
+        match secret {
+            Some(s) if !s.is_empty() => Self(s.as_bytes().to_vec()),
+            _ => Self((0..32).map(|_| fastrand::u8(..)).chain(uuid::Uuid::new_v4().into_bytes()).collect()),
+        }
+    }
+
+    fn mac(&self, execution_id: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(b"nanofaas-callback-v1\0");
+        mac.update(execution_id.as_bytes());
+        mac
+    }
+
+    pub fn token(&self, execution_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac(execution_id).finalize().into_bytes())
+    }
+
+    /// Checks a token for an execution in constant time.
+    pub fn verify(&self, execution_id: &str, token: &str) -> bool {
+        match URL_SAFE_NO_PAD.decode(token.trim()) {
+            Ok(bytes) => self.mac(execution_id).verify_slice(&bytes).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_per_execution_and_per_secret() {
+        let key = TokenKey::new(Some("s3cret"));
+        let t = key.token("exec-1");
+        assert!(key.verify("exec-1", &t));
+        assert!(!key.verify("exec-2", &t));
+        assert!(!TokenKey::new(Some("other")).verify("exec-1", &t));
+        assert!(!key.verify("exec-1", ""));
+        assert!(!key.verify("exec-1", "not base64 !"));
+        assert_eq!(t, TokenKey::new(Some("s3cret")).token("exec-1"), "derived, not stored");
+    }
+
+    #[test]
+    fn random_keys_differ() {
+        assert_ne!(TokenKey::new(None).token("e"), TokenKey::new(None).token("e"));
+    }
+}
