@@ -1,1 +1,54 @@
-fn main() {}
+//! `nanofaas-bench`: performance targets checked by measurement, never by timed test assertions.
+//! Every benchmark measures nanofaas and a baseline in the same run and prints both and their
+//! ratio, because absolute numbers on a shared machine mean little.
+//!
+//! - `dispatch`: one `echo` dispatch through the plugin runtime (fresh instance, call, one host
+//!   import) vs the same logic as a native Rust trait object.
+//! - `http`: sync invoke of an `echo` function through the full host vs a bare axum handler that
+//!   echoes, same client, same machine.
+
+mod dispatch;
+mod http;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "nanofaas-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Plugin dispatch overhead: Wasm `echo` vs native.
+    Dispatch {
+        /// Measured dispatches per variant.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+    },
+    /// Sync invoke through the host vs a bare axum echo.
+    Http {
+        /// Requests per measured run.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrent connections for the throughput run.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Concurrent connections for the latency ("moderate load") run.
+        #[arg(long, default_value_t = 4)]
+        moderate: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.bench {
+            Bench::Dispatch { iterations } => dispatch::run(iterations).await,
+            Bench::Http { requests, concurrency, moderate } => http::run(requests, concurrency, moderate).await,
+        }
+    })
+}

@@ -12,21 +12,24 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The HMAC keyed once: cloning a keyed MAC skips the key schedule on every token.
 #[derive(Clone)]
-pub struct TokenKey(Vec<u8>);
+pub struct TokenKey(HmacSha256);
 
 impl TokenKey {
     /// A key from the operator's secret, or a random one (tokens then die with the process).
     pub fn new(secret: Option<&str>) -> Self {
-        match secret {
-            Some(s) if !s.is_empty() => Self(s.as_bytes().to_vec()),
-            _ => Self((0..32).map(|_| fastrand::u8(..)).chain(uuid::Uuid::new_v4().into_bytes()).collect()),
-        }
+        let key: Vec<u8> = match secret {
+            Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
+            _ => (0..32).map(|_| fastrand::u8(..)).chain(uuid::Uuid::new_v4().into_bytes()).collect(),
+        };
+        let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
+        mac.update(b"nanofaas-callback-v1\0");
+        Self(mac)
     }
 
     fn mac(&self, execution_id: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(b"nanofaas-callback-v1\0");
+        let mut mac = self.0.clone();
         mac.update(execution_id.as_bytes());
         mac
     }

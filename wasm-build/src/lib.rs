@@ -79,9 +79,13 @@ pub fn build_workspace(manifest_dir: &Path, wit_dir: &Path, target_subdir: &str)
     components
 }
 
-/// The crate names of the workspace members: every direct subdirectory with a `Cargo.toml`.
+/// The crate names of the workspace members: the root package, if the root manifest has one,
+/// and every direct subdirectory with a `Cargo.toml`.
 fn members(manifest_dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
+    let root = fs::read_to_string(manifest_dir.join("Cargo.toml"))
+        .unwrap_or_else(|e| panic!("cannot read {}/Cargo.toml: {e}", manifest_dir.display()));
+    names.extend(package_name(&root));
     let entries = fs::read_dir(manifest_dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", manifest_dir.display()));
     for entry in entries.flatten() {
         let manifest = entry.path().join("Cargo.toml");

@@ -1,0 +1,61 @@
+//! In-process helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use nanofaas::capability::Grants;
+use nanofaas::config::{Config, PluginLimits};
+use nanofaas::control_plane::{ControlPlane, SubmitOptions};
+use nanofaas::execution::{Execution, Input};
+use nanofaas::function::FunctionSpec;
+use nanofaas::plugin::{Catalog, Source};
+use nanofaas_test_support::artifacts;
+
+/// Built-in plugins plus the test plugins, compiled once per test binary.
+pub fn catalog() -> Arc<Catalog> {
+    static CATALOG: OnceLock<Arc<Catalog>> = OnceLock::new();
+    CATALOG
+        .get_or_init(|| {
+            let mut builder = Catalog::builder(&PluginLimits { instances: 128, ..PluginLimits::default() }).unwrap();
+            builder.add_builtins().unwrap();
+            for (name, path) in [("testkit", artifacts::TESTKIT), ("uppercase", artifacts::UPPERCASE)] {
+                let bytes = std::fs::read(path).unwrap();
+                builder.add(name, &bytes, Source::File(Path::new(path).into()), Grants::none()).unwrap();
+            }
+            Arc::new(builder.build())
+        })
+        .clone()
+}
+
+pub fn control_plane(config: Config) -> ControlPlane {
+    let cp = nanofaas::control_plane(config, catalog(), "http://127.0.0.1:9".into());
+    cp.set_ready(true);
+    cp
+}
+
+/// Registers a `testkit` function with `dispatcherConfig = config`, then applies `tweak`.
+pub async fn testkit(cp: &ControlPlane, name: &str, config: serde_json::Value, tweak: impl FnOnce(&mut FunctionSpec)) {
+    let mut spec = FunctionSpec {
+        name: name.into(),
+        dispatcher: Some("testkit".into()),
+        dispatcher_config: Some(config),
+        ..Default::default()
+    };
+    tweak(&mut spec);
+    cp.register(spec).await.unwrap();
+}
+
+pub fn input(json: &str) -> Input {
+    Input { content_type: "application/json".into(), body: json.to_string().into(), metadata: vec![] }
+}
+
+pub fn submit(cp: &ControlPlane, function: &str, json: &str) -> Arc<Execution> {
+    cp.submit(function, input(json), SubmitOptions::default()).unwrap().execution().clone()
+}
+
+/// How many calls of `call` the plugin runtime made to `plugin`.
+pub fn plugin_calls(cp: &ControlPlane, plugin: &str, call: &str) -> u64 {
+    cp.metrics.plugin_call_duration.with_label_values(&[plugin, call]).get_sample_count()
+}

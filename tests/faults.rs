@@ -1,0 +1,141 @@
+//! Faulty plugins fail only their own call, with PLUGIN_FAULT; the host and every other
+//! execution keep going. Real time: CPU budgets are counted in real epoch ticks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nanofaas::config::{Config, PluginLimits};
+use nanofaas::execution::Status;
+use serde_json::json;
+
+async fn fault_of(cp: &nanofaas::control_plane::ControlPlane, behavior: &str) -> (String, String) {
+    let name = format!("f-{behavior}");
+    testkit(cp, &name, json!({"behavior": behavior}), |s| s.max_retries = Some(3)).await;
+    let exec = submit(cp, &name, "1");
+    exec.wait_done().await;
+    let s = exec.snapshot();
+    assert_eq!(s.status, Status::Error, "{behavior}");
+    assert_eq!(s.attempt, 1, "{behavior}: a plugin fault is never retried");
+    let e = s.error.unwrap();
+    (e.code, e.message)
+}
+
+fn kind_count(cp: &nanofaas::control_plane::ControlPlane, kind: &str) -> u64 {
+    cp.metrics.plugin_faults.with_label_values(&["testkit", "dispatch", kind]).get()
+}
+
+#[tokio::test]
+async fn each_fault_fails_only_its_call() {
+    let cp = control_plane(Config::default());
+    testkit(&cp, "healthy", json!({}), |_| {}).await;
+    for (behavior, kind, needle) in [
+        ("trap", "trap", "dispatch trapped on purpose"),
+        ("loop", "cpu", "CPU budget"),
+        ("oom", "memory", "memory limit"),
+        ("recurse", "trap", "trapped"),
+        ("bad-utf8", "malformed", "malformed"),
+        ("empty-handle", "malformed", "pending handle"),
+        ("bad-code", "malformed", "UPPER_SNAKE_CASE"),
+        ("log-spam", "quota", "log lines"),
+        ("payload-bomb", "quota", "payload bytes"),
+    ] {
+        let before = kind_count(&cp, kind);
+        let (code, message) = fault_of(&cp, behavior).await;
+        assert_eq!(code, "PLUGIN_FAULT", "{behavior}");
+        assert!(message.contains(needle), "{behavior}: {message}");
+        assert!(message.contains("plugin `testkit` dispatch"), "{behavior}: {message}");
+        assert_eq!(kind_count(&cp, kind), before + 1, "{behavior} counted as {kind}");
+        // The same plugin still serves other executions.
+        let ok = submit(&cp, "healthy", r#""still here""#);
+        ok.wait_done().await;
+        assert_eq!(ok.status(), Status::Success, "after {behavior}");
+    }
+}
+
+#[tokio::test]
+async fn a_looping_plugin_does_not_stall_others() {
+    // One worker thread (tokio::test's default): only the yields at epoch ticks let anything
+    // else run while the guests spin. A 600-tick budget per call keeps the hogs alive long enough.
+    let limits = PluginLimits { cpu_budget_ticks: 600, ..PluginLimits::default() };
+    let cp = control_plane(Config { plugin: limits, ..Config::default() });
+    testkit(&cp, "hog", json!({"behavior": "loop"}), |s| s.concurrency = Some(4)).await;
+    testkit(&cp, "healthy", json!({}), |s| s.concurrency = Some(100)).await;
+    let hogs: Vec<_> = (0..4).map(|i| submit(&cp, "hog", &i.to_string())).collect();
+    while hogs.iter().any(|h| h.status() != Status::Running) {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..20 {
+        let ok = submit(&cp, "healthy", &i.to_string());
+        ok.wait_done().await;
+        assert_eq!(ok.status(), Status::Success);
+    }
+    assert!(
+        hogs.iter().any(|h| !h.is_terminal()),
+        "healthy executions finished while looping guests were still running"
+    );
+    for h in &hogs {
+        h.wait_done().await;
+        assert_eq!(h.snapshot().error.unwrap().code, "PLUGIN_FAULT");
+    }
+}
+
+#[tokio::test]
+async fn a_call_over_its_wall_clock_limit_is_cut_off() {
+    let limits = PluginLimits {
+        call_timeout: Duration::from_millis(50),
+        cpu_budget_ticks: 1_000_000,
+        ..PluginLimits::default()
+    };
+    let cp = control_plane(Config { plugin: limits, ..Config::default() });
+    let (code, message) = fault_of(&cp, "loop").await;
+    assert_eq!(code, "PLUGIN_FAULT");
+    assert!(message.contains("did not finish within 50 ms"), "{message}");
+    assert_eq!(kind_count(&cp, "timeout"), 1);
+}
+
+#[tokio::test]
+async fn faults_at_registration_are_502_and_refusals_400() {
+    let cp = control_plane(Config::default());
+    let spec = |config| nanofaas::function::FunctionSpec {
+        name: "v".into(),
+        dispatcher: Some("testkit".into()),
+        dispatcher_config: Some(config),
+        ..Default::default()
+    };
+    match cp.register(spec(json!({"trapValidate": true}))).await {
+        Err(nanofaas::control_plane::RegisterError::Fault(f)) => assert!(f.message.contains("validate"), "{f}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    match cp.register(spec(json!({"rejectValidate": "bad mode"}))).await {
+        Err(nanofaas::control_plane::RegisterError::Refused { reason, .. }) => assert_eq!(reason, "bad mode"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(cp.registry.get("v").is_none());
+}
+
+#[tokio::test]
+async fn plugin_directory_loads_valid_components_and_refuses_the_rest() {
+    use nanofaas::plugin::Catalog;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(nanofaas_test_support::artifacts::UPPERCASE, dir.path().join("uppercase.wasm")).unwrap();
+    std::fs::copy(nanofaas_test_support::artifacts::TESTKIT, dir.path().join("echo.wasm")).unwrap();
+    std::fs::copy(nanofaas_test_support::artifacts::TESTKIT, dir.path().join("Bad_Name.wasm")).unwrap();
+    std::fs::write(dir.path().join("junk.wasm"), b"\0asm not really").unwrap();
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+    let mut builder = Catalog::builder(&PluginLimits { instances: 8, ..PluginLimits::default() }).unwrap();
+    builder.add_builtins().unwrap();
+    let refused = builder.add_dir(dir.path(), &Default::default()).unwrap();
+    let catalog = builder.build();
+    assert!(catalog.get("uppercase").is_some());
+    let reasons: Vec<String> = refused.iter().map(|e| format!("{} | {}", e.what, e.reason)).collect();
+    assert_eq!(refused.len(), 4, "{reasons:#?}");
+    let find = |file: &str| reasons.iter().find(|r| r.contains(file)).unwrap_or_else(|| panic!("{file}: {reasons:#?}"));
+    assert!(find("echo.wasm").contains("already taken by a built-in plugin"));
+    assert!(find("Bad_Name.wasm").contains("not a valid plugin name"));
+    assert!(find("junk.wasm").contains("not a valid WebAssembly component"));
+    assert!(find("core.wasm").contains("not a valid WebAssembly component"));
+    assert!(matches!(catalog.get("echo").unwrap().source, nanofaas::plugin::Source::Builtin), "no silent override");
+}

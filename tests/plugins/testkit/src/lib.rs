@@ -1,0 +1,153 @@
+//! `testkit`: a dispatcher plugin whose behaviour is chosen by the function's
+//! `dispatcherConfig`, so the tests can drive every path of the host, faults included.
+//!
+//! `{"behavior": …}`:
+//! - `echo` (default): done at once with the input.
+//! - `pending`: returns pending work (`pollAfterMs`, default none); each poll returns pending
+//!   again with the next handle (`h1`, `h2`, …) until `completeAfterPolls` polls, then the input.
+//! - `fail`: a platform failure (`code`, `retryable`) on attempts up to `failAttempts`
+//!   (default: all), then the input.
+//! - `function-error`: the function's own error.
+//! - `trap`, `loop`, `oom`, `recurse`: a panic, an endless loop, unbounded allocation,
+//!   unbounded recursion.
+//! - `bad-utf8`, `empty-handle`, `bad-code`: results the contract does not allow.
+//! - `log-spam`, `payload-bomb`: going past the host's quotas.
+//!
+//! `validate` refuses when `rejectValidate` is set and traps when `trapValidate` is true.
+
+wit_bindgen::generate!({ world: "dispatcher", path: "../../../wit" });
+
+use exports::nanofaas::dispatcher::strategy::Guest;
+use nanofaas::dispatcher::log::{Level, log};
+use nanofaas::dispatcher::types::{
+    Failure, FunctionSpec, Invocation, Outcome, Output, Part, Payload, Pending, ReleaseReason,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Config {
+    behavior: Option<String>,
+    poll_after_ms: Option<u32>,
+    complete_after_polls: Option<u32>,
+    code: Option<String>,
+    retryable: bool,
+    fail_attempts: Option<u32>,
+    reject_validate: Option<String>,
+    trap_validate: bool,
+}
+
+fn config(json: &str) -> Config {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+fn echo(inv: &Invocation, input: &Payload) -> Outcome {
+    let body = Payload::new(&[Part::Payload(input)]);
+    Outcome::Done(Ok(Output { content_type: inv.content_type.clone(), body }))
+}
+
+fn done_json(text: &str) -> Outcome {
+    let body = Payload::new(&[Part::Bytes(text.as_bytes().to_vec())]);
+    Outcome::Done(Ok(Output { content_type: "application/json".into(), body }))
+}
+
+struct Testkit;
+
+impl Guest for Testkit {
+    fn validate(spec: FunctionSpec) -> Result<(), String> {
+        let c = config(&spec.config);
+        if c.trap_validate {
+            panic!("validate trapped on purpose");
+        }
+        match c.reject_validate {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn dispatch(inv: Invocation, input: &Payload) -> Result<Outcome, Failure> {
+        let c = config(&inv.function.config);
+        match c.behavior.as_deref().unwrap_or("echo") {
+            "echo" => Ok(echo(&inv, input)),
+            "pending" => Ok(Outcome::Pending(Pending { handle: "h0".into(), poll_after_ms: c.poll_after_ms })),
+            "fail" => {
+                if inv.attempt <= c.fail_attempts.unwrap_or(u32::MAX) {
+                    Err(Failure {
+                        code: c.code.unwrap_or_else(|| "ENDPOINT_UNAVAILABLE".into()),
+                        message: format!("attempt {} failed on purpose", inv.attempt),
+                        retryable: c.retryable,
+                    })
+                } else {
+                    Ok(echo(&inv, input))
+                }
+            }
+            "function-error" => Ok(Outcome::Done(Err(Failure {
+                code: "FUNCTION_ERROR".into(),
+                message: "the function failed on purpose".into(),
+                retryable: false,
+            }))),
+            "trap" => panic!("dispatch trapped on purpose"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => Ok(done_json(&recurse(std::hint::black_box(1)).to_string())),
+            "bad-utf8" => {
+                let bytes = vec![b'x', 0xff, 0xfe];
+                // On purpose: the host must refuse a string that is not UTF-8 when lifting it.
+                #[allow(unsafe_code)]
+                let content_type = unsafe { String::from_utf8_unchecked(bytes) };
+                let body = Payload::new(&[Part::Bytes(b"1".to_vec())]);
+                Ok(Outcome::Done(Ok(Output { content_type, body })))
+            }
+            "empty-handle" => Ok(Outcome::Pending(Pending { handle: String::new(), poll_after_ms: None })),
+            "bad-code" => Err(Failure { code: "not a code".into(), message: "x".into(), retryable: false }),
+            "log-spam" => {
+                for i in 0..10_000 {
+                    log(Level::Info, &format!("line {i}"));
+                }
+                Ok(echo(&inv, input))
+            }
+            "payload-bomb" => {
+                let mut p = Payload::new(&[Part::Bytes(vec![7u8; 1 << 20])]);
+                loop {
+                    p = Payload::new(&[Part::Payload(&p), Part::Payload(&p)]);
+                }
+            }
+            other => Err(Failure { code: "UNKNOWN_BEHAVIOR".into(), message: other.into(), retryable: false }),
+        }
+    }
+
+    fn poll(inv: Invocation, handle: String) -> Result<Outcome, Failure> {
+        let c = config(&inv.function.config);
+        let polls: u32 = handle.trim_start_matches('h').parse().unwrap_or(0) + 1;
+        log(Level::Debug, &format!("poll {polls} of {handle}"));
+        match c.complete_after_polls {
+            Some(n) if polls >= n => Ok(done_json(&format!("{{\"polls\":{polls}}}"))),
+            _ => Ok(Outcome::Pending(Pending { handle: format!("h{polls}"), poll_after_ms: c.poll_after_ms })),
+        }
+    }
+
+    fn release(_inv: Invocation, handle: String, reason: ReleaseReason) {
+        log(Level::Info, &format!("released {handle}: {reason:?}"));
+    }
+}
+
+fn recurse(n: u64) -> u64 {
+    if n == u64::MAX {
+        return 0;
+    }
+    let buf = std::hint::black_box([n; 64]);
+    recurse(buf[3] + 1) + buf[7]
+}
+
+export!(Testkit);

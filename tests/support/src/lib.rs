@@ -1,0 +1,122 @@
+//! Support for nanofaas's integration tests: guest plugins built from source, and a handle on
+//! a real `nanofaas` process.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Paths of the guest components built for the tests.
+pub mod artifacts {
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
+
+/// A `nanofaas serve` process on free loopback ports, killed when dropped.
+pub struct Host {
+    child: Child,
+    pub api: String,
+    pub admin: String,
+    /// Everything the process wrote to stderr so far (its logs), shared with a reader task.
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    pub client: reqwest::Client,
+}
+
+impl Host {
+    /// Starts `binary serve` with `args` (plus loopback port-0 listeners) and `env`, and waits
+    /// until it prints its ready line.
+    pub async fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Host> {
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve")
+            .args(args)
+            .env("NANOFAAS_LISTEN", "127.0.0.1:0")
+            .env("NANOFAAS_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped");
+        tokio::spawn({
+            let logs = logs.clone();
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut l = logs.lock().expect("log lock");
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = stdout.next_line().await? {
+                if let Some(rest) = line.strip_prefix("nanofaas ready: ") {
+                    return Ok::<_, anyhow::Error>(rest.to_string());
+                }
+            }
+            anyhow::bail!("nanofaas exited before it was ready")
+        })
+        .await;
+        let line = match ready {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => anyhow::bail!("{e}; logs:\n{}", logs.lock().expect("log lock")),
+            Err(_) => anyhow::bail!("nanofaas was not ready within 120 s; logs:\n{}", logs.lock().expect("log lock")),
+        };
+        // "api http://A admin http://B plugins …"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let api = words.get(1).ok_or_else(|| anyhow::anyhow!("bad ready line {line}"))?.to_string();
+        let admin = words.get(3).ok_or_else(|| anyhow::anyhow!("bad ready line {line}"))?.to_string();
+        Ok(Host { child, api, admin, logs, client: reqwest::Client::new() })
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    /// POSTs JSON and returns (status, body as JSON or `null`).
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<(u16, serde_json::Value)> {
+        let r = self.client.post(self.url(path)).json(&body).send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let r = self.client.get(self.url(path)).send().await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+}
+
+/// A fresh plugin directory holding copies of `files` as `(name in the directory, source)`.
+pub fn plugin_dir(files: &[(&str, &Path)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for (name, source) in files {
+        std::fs::copy(source, dir.path().join(name))?;
+    }
+    Ok(dir)
+}
+
+/// The repository root (for example files).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
