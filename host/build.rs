@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("..");
-    let components = wasm_build::build_workspace(&root.join("plugins"), &root.join("wit"), "wasm-plugins");
+    let contract = root.join("contract/src");
+    let components =
+        wasm_build::build_workspace(&root.join("plugins"), &root.join("wit"), &[&contract], "wasm-plugins");
 
     let mut code =
         String::from("/// The built-in plugins: (name, component bytes).\npub static BUILTIN: &[(&str, &[u8])] = &[\n");

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use nanofaas::capability::Grants;
+use nanofaas::capability::{Capability, Grants};
 use nanofaas::config::{Config, PluginLimits};
 use nanofaas::control_plane::{ControlPlane, SubmitOptions};
 use nanofaas::execution::{Execution, Input};
@@ -20,9 +20,17 @@ pub fn catalog() -> Arc<Catalog> {
         .get_or_init(|| {
             let mut builder = Catalog::builder(&PluginLimits { instances: 128, ..PluginLimits::default() }).unwrap();
             builder.add_builtins().unwrap();
-            for (name, path) in [("testkit", artifacts::TESTKIT), ("uppercase", artifacts::UPPERCASE)] {
+            let testkit = Grants::of(&[Capability::Http, Capability::Process]);
+            for (name, path, grants) in
+                // `nogrant` is the testkit again, without capabilities.
+                [
+                    ("testkit", artifacts::TESTKIT, testkit),
+                    ("nogrant", artifacts::TESTKIT, Grants::none()),
+                    ("uppercase", artifacts::UPPERCASE, Grants::none()),
+                ]
+            {
                 let bytes = std::fs::read(path).unwrap();
-                builder.add(name, &bytes, Source::File(Path::new(path).into()), Grants::none()).unwrap();
+                builder.add(name, &bytes, Source::File(Path::new(path).into()), grants).unwrap();
             }
             Arc::new(builder.build())
         })
@@ -30,7 +38,7 @@ pub fn catalog() -> Arc<Catalog> {
 }
 
 pub fn control_plane(config: Config) -> ControlPlane {
-    let cp = nanofaas::control_plane(config, catalog(), "http://127.0.0.1:9".into());
+    let cp = nanofaas::control_plane(config, catalog(), "http://127.0.0.1:9".into()).unwrap();
     cp.set_ready(true);
     cp
 }
@@ -45,6 +53,26 @@ pub async fn testkit(cp: &ControlPlane, name: &str, config: serde_json::Value, t
     };
     tweak(&mut spec);
     cp.register(spec).await.unwrap();
+}
+
+/// Registers a function with `dispatcher`, `command` and `dispatcherConfig = config`, then `tweak`.
+pub async fn register(
+    cp: &ControlPlane,
+    name: &str,
+    dispatcher: &str,
+    command: &[&str],
+    config: serde_json::Value,
+    tweak: impl FnOnce(&mut FunctionSpec),
+) -> Result<(), nanofaas::control_plane::RegisterError> {
+    let mut spec = FunctionSpec {
+        name: name.into(),
+        dispatcher: Some(dispatcher.into()),
+        command: Some(command.iter().map(|s| s.to_string()).collect()),
+        dispatcher_config: Some(config),
+        ..Default::default()
+    };
+    tweak(&mut spec);
+    cp.register(spec).await.map(|_| ())
 }
 
 pub fn input(json: &str) -> Input {

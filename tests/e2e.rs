@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use nanofaas_test_support::{Host, artifacts, plugin_dir};
+use nanofaas_test_support::{Host, artifacts, example_functions, plugin_dir, repo_root};
 use serde_json::json;
 
 fn binary() -> &'static Path {
@@ -103,4 +103,85 @@ async fn a_dropped_in_plugin_serves_a_function() {
     let out = std::process::Command::new(binary()).args(["plugins", "--plugin-dir", dir_arg]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("uppercase") && text.contains("refused"), "{text}");
+}
+
+/// The README's walkthrough: the example functions, served as the run command serves them,
+/// answer what the README shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_functions_answer_as_documented() {
+    // The warm endpoint of the `reverse` pool function.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut endpoint = tokio::process::Command::new("python3")
+        .arg(repo_root().join("examples/functions/python/pool_server.py"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut ready = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(endpoint.stdout.take().unwrap()));
+    ready.next_line().await.unwrap().expect("the endpoint starts");
+
+    let functions = example_functions(binary()).unwrap();
+    let text =
+        std::fs::read_to_string(functions.path()).unwrap().replace("127.0.0.1:9090", &format!("127.0.0.1:{port}"));
+    std::fs::write(functions.path(), text).unwrap();
+    let host = Host::start(binary(), &["--functions", functions.path().to_str().unwrap()], &[]).await.unwrap();
+
+    let (status, body) = host
+        .post("/v1/functions/wordcount:invoke", json!({"input": {"text": "the cat and the hat and the bat"}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["output"].clone()),
+        (200, json!({"words": 8, "top": [["the", 3], ["and", 2], ["cat", 1]]})),
+        "{body}"
+    );
+
+    let r = host
+        .client
+        .post(host.url("/v1/functions/greet:invoke"))
+        .header("content-type", "application/octet-stream")
+        .body("Ada")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["output"], "Hello, Ada! (function greet, attempt 1)\n", "{body}");
+    assert_eq!(body["outputContentType"], "text/plain");
+
+    let (status, body) = host.post("/v1/functions/primes:invoke", json!({"input": {"limit": 1000000}})).await.unwrap();
+    assert_eq!(
+        (status, body["output"].clone()),
+        (200, json!({"limit": 1000000, "count": 78498, "largest": 999983})),
+        "{body}"
+    );
+
+    let (status, body) = host.post("/v1/functions/primes:invoke", json!({"input": {"limit": "lots"}})).await.unwrap();
+    assert_eq!((status, body["error"]["code"].clone()), (500, json!("FUNCTION_ERROR")), "{body}");
+
+    let (status, body) =
+        host.post("/v1/functions/reverse:invoke", json!({"input": {"text": "nanofaas"}})).await.unwrap();
+    assert_eq!((status, body["output"]["reversed"].clone()), (200, json!("saafonan")), "{body}");
+    assert_eq!(body["output"]["executionId"], body["executionId"]);
+
+    let (status, body) =
+        host.post("/v1/functions/wordcount:enqueue", json!({"input": "to be or not to be"})).await.unwrap();
+    assert_eq!(status, 202);
+    let id = body["executionId"].as_str().unwrap().to_string();
+    let mut last = json!(null);
+    for _ in 0..200 {
+        let (_, body) = host.get(&format!("/v1/executions/{id}")).await.unwrap();
+        if body["status"] == "success" {
+            last = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(last["output"], json!({"words": 6, "top": [["to", 2], ["be", 2], ["or", 1]]}), "{last}");
+
+    let started = std::time::Instant::now();
+    let (status, body) = host.post("/v1/functions/slow:invoke", json!({"input": 5})).await.unwrap();
+    assert_eq!((status, body["status"].clone()), (504, json!("timeout")), "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(2000));
+    host.stop().await.unwrap();
 }

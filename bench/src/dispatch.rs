@@ -40,7 +40,8 @@ pub async fn run(iterations: usize) -> anyhow::Result<()> {
     let mut builder = Catalog::builder(&limits)?;
     builder.add_builtins()?;
     let catalog = Arc::new(builder.build());
-    let plugins = Plugins::new(catalog, limits, Arc::new(Capabilities::default()), Metrics::new());
+    let caps = Arc::new(Capabilities::detached(&nanofaas::config::Config::default()));
+    let plugins = Plugins::new(catalog, limits, caps, Metrics::new());
     let echo = plugins.get("echo").expect("echo is built in").clone();
     let inv = Invocation {
         execution_id: "bench".into(),

@@ -6,7 +6,10 @@
 //!   import) vs the same logic as a native Rust trait object.
 //! - `http`: sync invoke of an `echo` function through the full host vs a bare axum handler that
 //!   echoes, same client, same machine.
+//! - `local`: a `local` function running `cat` vs spawning `cat` directly.
+//! - `pool`: a `pool` function vs POSTing to the same endpoint directly with `reqwest`.
 
+mod capability;
 mod dispatch;
 mod http;
 mod stats;
@@ -40,6 +43,20 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         moderate: usize,
     },
+    /// `local` invoke of a trivial command vs spawning it directly.
+    Local {
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// `pool` invoke vs calling the same endpoint directly.
+    Pool {
+        #[arg(long, default_value_t = 10_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +66,8 @@ fn main() -> anyhow::Result<()> {
         match cli.bench {
             Bench::Dispatch { iterations } => dispatch::run(iterations).await,
             Bench::Http { requests, concurrency, moderate } => http::run(requests, concurrency, moderate).await,
+            Bench::Local { calls, concurrency } => capability::local(calls, concurrency).await,
+            Bench::Pool { calls, concurrency } => capability::pool(calls, concurrency).await,
         }
     })
 }

@@ -5,9 +5,15 @@
 //! host was not configured for (no cluster, local execution switched off) is refused with a
 //! message that says so, which `validate` passes on to the user at registration.
 
+pub mod http;
+pub mod process;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::config::Config;
 
 /// One capability a plugin can be granted. `log` is always granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,18 +102,52 @@ pub fn parse_grant(text: &str) -> Result<(String, Grants), String> {
     Ok((name.trim().to_string(), Grants::of(&caps)))
 }
 
+/// Wakes an execution (by id) so its driver polls now.
+pub type Wake = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The host side of every capability, shared by all plugin calls.
-#[derive(Default)]
-pub struct Capabilities {}
+pub struct Capabilities {
+    /// Local processes; `None` when local execution is switched off (`--no-local-exec`).
+    pub process: Option<process::ProcessCapability>,
+    pub http: http::HttpCapability,
+}
 
 impl Capabilities {
+    /// The capabilities a host configured by `config` offers; `wake` reaches its executions.
+    pub fn new(config: &Config, wake: Wake) -> Result<Self, String> {
+        let allow = if config.http_allow.is_empty() {
+            http::AllowList::default_list()
+        } else {
+            http::AllowList::parse(&config.http_allow)?
+        };
+        Ok(Self {
+            process: config.local_exec.then(|| process::ProcessCapability::new(config.max_output_bytes, wake.clone())),
+            http: http::HttpCapability::new(allow, config.max_output_bytes, wake),
+        })
+    }
+
+    /// Capabilities that wake nobody (benchmarks, tools).
+    pub fn detached(config: &Config) -> Self {
+        Self::new(config, Arc::new(|_: &str| {})).expect("a default configuration is valid")
+    }
+
     /// Why `cap` cannot be used on this host right now, if it cannot.
     pub fn unavailable(&self, cap: Capability) -> Option<String> {
         match cap {
-            Capability::Process => Some("local execution is not enabled on this host".into()),
-            Capability::Http => Some("outgoing HTTP is not enabled on this host".into()),
+            Capability::Process if self.process.is_none() => {
+                Some("local execution is switched off on this host (--no-local-exec)".into())
+            }
             Capability::Kubernetes => Some("no Kubernetes cluster is configured".into()),
+            _ => None,
         }
+    }
+
+    /// An execution ended: stop and forget everything it started through a capability.
+    pub fn release_owner(&self, execution_id: &str) {
+        if let Some(p) = &self.process {
+            p.release_owner(execution_id);
+        }
+        self.http.release_owner(execution_id);
     }
 }
 

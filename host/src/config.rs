@@ -41,6 +41,8 @@ pub mod defaults {
     pub const PLUGIN_STDERR_BYTES: usize = 8 * 1024;
     /// Bytes of payloads one plugin call may create (host memory a guest can claim).
     pub const PLUGIN_PAYLOAD_MIB: u64 = 64;
+    /// Largest stdout of a local process and largest response body of an outgoing request.
+    pub const MAX_OUTPUT_BYTES: usize = 6 * 1024 * 1024;
     /// Interval at which a pending execution without its own poll interval is polled anyway.
     pub const SAFETY_POLL_MS: u64 = 30_000;
 }
@@ -70,6 +72,13 @@ pub struct Config {
     pub retry_max: Duration,
     pub plugin: PluginLimits,
     pub log_format: LogFormat,
+    /// Whether plugins granted `process` may start local processes.
+    pub local_exec: bool,
+    /// Bound on a process's stdout and an outgoing response's body.
+    pub max_output_bytes: usize,
+    /// Destinations outgoing HTTP may reach (host names, addresses, CIDR ranges); empty means
+    /// the default, loopback only.
+    pub http_allow: Vec<String>,
 }
 
 /// Bounds applied to every plugin call.
@@ -126,6 +135,9 @@ impl Default for Config {
             retry_max: Duration::from_millis(defaults::RETRY_MAX_MS),
             plugin: PluginLimits::default(),
             log_format: LogFormat::Text,
+            local_exec: true,
+            max_output_bytes: defaults::MAX_OUTPUT_BYTES,
+            http_allow: Vec::new(),
         }
     }
 }
@@ -224,6 +236,16 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "NANOFAAS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Switch local execution off: plugins cannot start processes.
+    #[arg(long, env = "NANOFAAS_NO_LOCAL_EXEC")]
+    pub no_local_exec: bool,
+    /// Largest stdout of a local process / response body of an outgoing request, in bytes.
+    #[arg(long, env = "NANOFAAS_MAX_OUTPUT_BYTES", default_value_t = defaults::MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: usize,
+    /// Allowed HTTP destination: host name, address or CIDR (repeatable; `,`-separated in the env
+    /// var). Default: 127.0.0.0/8, ::1/128, localhost.
+    #[arg(long = "http-allow", env = "NANOFAAS_HTTP_ALLOW", value_delimiter = ',')]
+    pub http_allow: Vec<String>,
 }
 
 impl From<ServeArgs> for Config {
@@ -253,6 +275,9 @@ impl From<ServeArgs> for Config {
                 ..base
             },
             log_format: a.log_format,
+            local_exec: !a.no_local_exec,
+            max_output_bytes: a.max_output_bytes,
+            http_allow: a.http_allow,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::capability::{Capabilities, Wake};
 use crate::config::Config;
 use crate::execution::{
     Attach, ErrorInfo, ErrorKind, Execution, ExecutionStore, Finish, FinishedBy, IdempotencyConflict, Input, Status,
@@ -20,7 +21,7 @@ use crate::execution::{
 };
 use crate::function::{Function, FunctionSpec, Registry, SpecError};
 use crate::metrics::Metrics;
-use crate::plugin::{Invocation, Output, PluginFault, Plugins, unix_ms};
+use crate::plugin::{Catalog, Invocation, Output, PluginFault, Plugins, unix_ms};
 use crate::queue::{FunctionQueue, Overload};
 use crate::token::TokenKey;
 
@@ -30,7 +31,7 @@ pub struct ControlPlane(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub registry: Registry,
-    pub store: ExecutionStore,
+    pub store: Arc<ExecutionStore>,
     pub plugins: Plugins,
     pub metrics: Metrics,
     tokens: TokenKey,
@@ -128,15 +129,28 @@ impl CallbackOutcome {
 }
 
 impl ControlPlane {
-    pub fn new(config: Config, plugins: Plugins, metrics: Metrics, callback_base: String) -> Self {
-        let store = ExecutionStore::new(
+    /// A control plane with the plugins of `catalog`; `callback_base` is the URL remote runners
+    /// use to reach this host. Fails on an invalid capability setting (an allow-list entry).
+    pub fn new(config: Config, catalog: Arc<Catalog>, callback_base: String) -> Result<Self, String> {
+        let metrics = Metrics::new();
+        let store = Arc::new(ExecutionStore::new(
             config.execution_retention,
             config.max_retained_executions,
             config.idempotency_ttl,
             metrics.clone(),
-        );
+        ));
+        let wake: Wake = {
+            let store = Arc::downgrade(&store);
+            Arc::new(move |id: &str| {
+                if let Some(exec) = store.upgrade().and_then(|s| s.get(id)) {
+                    exec.wake();
+                }
+            })
+        };
+        let caps = Arc::new(Capabilities::new(&config, wake)?);
+        let plugins = Plugins::new(catalog, config.plugin.clone(), caps, metrics.clone());
         let tokens = TokenKey::new(config.callback_secret.as_deref());
-        Self(Arc::new(Inner {
+        Ok(Self(Arc::new(Inner {
             config,
             registry: Registry::default(),
             store,
@@ -146,7 +160,7 @@ impl ControlPlane {
             callback_base,
             ready: AtomicBool::new(false),
             drivers: TaskTracker::new(),
-        }))
+        })))
     }
 
     pub fn set_ready(&self, ready: bool) {

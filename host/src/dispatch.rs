@@ -45,6 +45,8 @@ pub(crate) async fn drive(cp: ControlPlane, exec: Arc<Execution>, admission: Adm
             cp.finish(&exec, finish, by);
         }
         release(&cp, &exec, None).await;
+        // Whatever the plugin did or did not clean up, nothing the execution started outlives it.
+        cp.plugins.capabilities().release_owner(&exec.id);
     }
     .instrument(span)
     .await;

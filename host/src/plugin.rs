@@ -213,6 +213,8 @@ pub struct CallContext {
     pub function: Option<String>,
     pub trace_id: Option<String>,
     pub attempt: u32,
+    /// The execution's deadline, which bounds what the call starts (an HTTP request).
+    pub deadline: Option<Instant>,
 }
 
 impl CallContext {
@@ -222,6 +224,7 @@ impl CallContext {
             function: Some(inv.function.name.clone()),
             trace_id: Some(inv.trace_id.clone()),
             attempt: inv.attempt,
+            deadline: Some(Instant::now() + Duration::from_millis(inv.remaining_ms)),
         }
     }
 }
@@ -269,6 +272,10 @@ impl Plugins {
         // fails instead of waiting.
         let permits = limits.instances.min(catalog.pool_size).max(1) as usize;
         Self { catalog, permits: Semaphore::new(permits), limits, caps, metrics }
+    }
+
+    pub fn capabilities(&self) -> &Arc<Capabilities> {
+        &self.caps
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {

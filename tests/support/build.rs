@@ -10,8 +10,13 @@ use std::path::PathBuf;
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../..");
     let wit = root.join("wit");
-    let mut components = wasm_build::build_workspace(&root.join("tests/plugins"), &wit, "wasm-test-plugins");
-    components.extend(wasm_build::build_workspace(&root.join("examples/plugins/uppercase"), &wit, "wasm-test-plugins"));
+    let mut components = wasm_build::build_workspace(&root.join("tests/plugins"), &wit, &[], "wasm-test-plugins");
+    components.extend(wasm_build::build_workspace(
+        &root.join("examples/plugins/uppercase"),
+        &wit,
+        &[],
+        "wasm-test-plugins",
+    ));
     let mut code = String::new();
     for c in components {
         let constant = c.name.to_uppercase().replace('-', "_");

@@ -32,10 +32,21 @@ pub struct Component {
 ///
 /// Panics with an actionable message when the build fails: a build script has no other way to
 /// report an error.
-pub fn build_workspace(manifest_dir: &Path, wit_dir: &Path, target_subdir: &str) -> Vec<Component> {
+///
+/// `extra_sources` are further directories the guests depend on (path dependencies), watched for
+/// changes.
+pub fn build_workspace(
+    manifest_dir: &Path,
+    wit_dir: &Path,
+    extra_sources: &[&Path],
+    target_subdir: &str,
+) -> Vec<Component> {
     check_target_installed();
     let members = members(manifest_dir);
     rerun_if_changed(manifest_dir, wit_dir);
+    for dir in extra_sources.iter().filter(|d| d.exists()) {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
 
     let target_dir = shared_target_dir().join(target_subdir);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -85,16 +96,25 @@ fn members(manifest_dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
     let root = fs::read_to_string(manifest_dir.join("Cargo.toml"))
         .unwrap_or_else(|e| panic!("cannot read {}/Cargo.toml: {e}", manifest_dir.display()));
-    names.extend(package_name(&root));
+    if is_component(&root) {
+        names.extend(package_name(&root));
+    }
     let entries = fs::read_dir(manifest_dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", manifest_dir.display()));
     for entry in entries.flatten() {
         let manifest = entry.path().join("Cargo.toml");
-        if let Ok(text) = fs::read_to_string(&manifest) {
+        if let Ok(text) = fs::read_to_string(&manifest)
+            && is_component(&text)
+        {
             names.push(package_name(&text).unwrap_or_else(|| panic!("no [package] name in {}", manifest.display())));
         }
     }
     names.sort();
     names
+}
+
+/// Whether a manifest builds a component (a `cdylib`), as opposed to a helper library.
+fn is_component(manifest: &str) -> bool {
+    manifest.contains("\"cdylib\"")
 }
 
 /// The `name = "…"` of a manifest's `[package]` table (the first `name` key after it).

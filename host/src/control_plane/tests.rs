@@ -19,7 +19,7 @@ pub(crate) fn catalog() -> Arc<Catalog> {
 }
 
 pub(crate) fn control_plane(config: Config) -> ControlPlane {
-    crate::control_plane(config, catalog(), "http://127.0.0.1:9".into())
+    crate::control_plane(config, catalog(), "http://127.0.0.1:9".into()).unwrap()
 }
 
 pub(crate) fn echo_spec(name: &str) -> FunctionSpec {

@@ -118,43 +118,131 @@ impl log::Host for HostState {
     }
 }
 
+impl HostState {
+    /// The execution this call works for; capabilities that start work need one.
+    fn owner(&self) -> Result<String, String> {
+        self.ctx.execution_id.clone().ok_or_else(|| "only dispatch, poll and release may start or inspect work".into())
+    }
+
+    fn process_cap(&self) -> Result<&crate::capability::process::ProcessCapability, String> {
+        if let Some(reason) = self.refused(Capability::Process) {
+            return Err(reason);
+        }
+        self.caps.process.as_ref().ok_or_else(|| "local execution is switched off".into())
+    }
+
+    fn http_cap(&self) -> Result<&crate::capability::http::HttpCapability, String> {
+        match self.refused(Capability::Http) {
+            Some(reason) => Err(reason),
+            None => Ok(&self.caps.http),
+        }
+    }
+}
+
+fn command_spec(cmd: process::Command) -> crate::capability::process::CommandSpec {
+    crate::capability::process::CommandSpec { argv: cmd.argv, env: cmd.env, cwd: cmd.cwd }
+}
+
 impl process::Host for HostState {
+    async fn check(&mut self, cmd: process::Command) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.process_cap().and_then(|p| p.check(&command_spec(cmd))))
+    }
+
     async fn spawn(
         &mut self,
-        _cmd: process::Command,
-        _stdin: Resource<Payload>,
+        cmd: process::Command,
+        stdin: Resource<Payload>,
     ) -> wasmtime::Result<Result<String, String>> {
-        Ok(Err(self.refused(Capability::Process).unwrap_or_else(|| "process capability is unavailable".into())))
+        let input = self.payload(&stdin)?.0.clone();
+        let result = (|| {
+            let owner = self.owner()?;
+            self.process_cap()?.spawn(&owner, command_spec(cmd), input)
+        })();
+        Ok(result)
     }
 
-    async fn status(&mut self, _handle: String) -> wasmtime::Result<Result<Option<process::Exit>, String>> {
-        Ok(Err(self.refused(Capability::Process).unwrap_or_else(|| "process capability is unavailable".into())))
+    async fn status(&mut self, handle: String) -> wasmtime::Result<Result<Option<process::Exit>, String>> {
+        let status = self.owner().and_then(|owner| self.process_cap()?.status(&owner, &handle));
+        let exit = match status {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e)),
+        };
+        // Host-made payloads are not counted against the guest's quota.
+        let stdout = self.table.push(Payload(exit.stdout))?;
+        Ok(Ok(Some(process::Exit {
+            code: exit.code,
+            signal: exit.signal,
+            stdout,
+            stdout_truncated: exit.stdout_truncated,
+            stderr_tail: exit.stderr_tail,
+        })))
     }
 
-    async fn kill(&mut self, _handle: String) -> wasmtime::Result<()> {
+    async fn kill(&mut self, handle: String) -> wasmtime::Result<()> {
+        if let (Ok(owner), Ok(p)) = (self.owner(), self.process_cap()) {
+            p.kill(&owner, &handle);
+        }
         Ok(())
     }
 }
 
+fn http_error(f: crate::capability::http::HttpFailure) -> http::HttpError {
+    use crate::capability::http::HttpFailure as F;
+    match f {
+        F::NotAllowed(m) => http::HttpError::NotAllowed(m),
+        F::Connect(m) => http::HttpError::Connect(m),
+        F::Timeout => http::HttpError::Timeout,
+        F::TooLarge(n) => http::HttpError::TooLarge(n),
+        F::Other(m) => http::HttpError::Other(m),
+    }
+}
+
 impl http::Host for HostState {
-    async fn check_url(&mut self, _url: String) -> wasmtime::Result<Result<(), String>> {
-        Ok(Err(self.refused(Capability::Http).unwrap_or_else(|| "http capability is unavailable".into())))
+    async fn check_url(&mut self, url: String) -> wasmtime::Result<Result<(), String>> {
+        let cap = match self.http_cap() {
+            Ok(cap) => cap,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(cap.check_url(&url).await)
     }
 
     async fn start(
         &mut self,
-        _req: http::Request,
-        _body: Resource<Payload>,
+        req: http::Request,
+        body: Resource<Payload>,
     ) -> wasmtime::Result<Result<String, http::HttpError>> {
-        let reason = self.refused(Capability::Http).unwrap_or_else(|| "http capability is unavailable".into());
-        Ok(Err(http::HttpError::NotAllowed(reason)))
+        let body = self.payload(&body)?.0.clone();
+        let (owner, cap) = match (self.owner(), self.http_cap()) {
+            (Ok(owner), Ok(cap)) => (owner, cap),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(http::HttpError::NotAllowed(e))),
+        };
+        let remaining = self
+            .ctx
+            .deadline
+            .map_or(std::time::Duration::from_secs(3600), |d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let request = crate::capability::http::HttpRequest {
+            method: req.method,
+            url: req.url,
+            headers: req.headers,
+            timeout: req.timeout_ms.map(|ms| std::time::Duration::from_millis(ms.into())),
+        };
+        Ok(cap.start(&owner, request, body, remaining).await.map_err(http_error))
     }
 
     async fn take_response(
         &mut self,
-        _handle: String,
+        handle: String,
     ) -> wasmtime::Result<Option<Result<http::Response, http::HttpError>>> {
-        Ok(None)
+        let (Ok(owner), Ok(cap)) = (self.owner(), self.http_cap()) else { return Ok(None) };
+        match cap.take_response(&owner, &handle) {
+            None => Ok(None),
+            Some(Err(f)) => Ok(Some(Err(http_error(f)))),
+            Some(Ok(r)) => {
+                let body = self.table.push(Payload(r.body))?;
+                Ok(Some(Ok(http::Response { status: r.status, headers: r.headers, body })))
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@ impl Host {
         let mut cmd = Command::new(binary);
         cmd.arg("serve")
             .args(args)
+            .current_dir(repo_root())
             .env("NANOFAAS_LISTEN", "127.0.0.1:0")
             .env("NANOFAAS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("NO_COLOR", "1")
@@ -118,5 +119,17 @@ pub fn plugin_dir(files: &[(&str, &Path)]) -> anyhow::Result<tempfile::TempDir> 
 
 /// The repository root (for example files).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository exists")
+}
+
+/// `examples/functions.yaml` with the Rust example's path pointed at the build of this test run
+/// (`target/<profile>/examples/primes`, next to `binary`'s directory).
+pub fn example_functions(binary: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let text = std::fs::read_to_string(repo_root().join("examples/functions.yaml"))?;
+    let primes = binary.parent().expect("a directory").join("examples/primes");
+    anyhow::ensure!(primes.is_file(), "{} was not built", primes.display());
+    let text = text.replace("target/release/examples/primes", primes.to_str().expect("UTF-8 path"));
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), text)?;
+    Ok(file)
 }

@@ -12,6 +12,7 @@
 //!   unbounded recursion.
 //! - `bad-utf8`, `empty-handle`, `bad-code`: results the contract does not allow.
 //! - `log-spam`, `payload-bomb`: going past the host's quotas.
+//! - `http`: GET `url` through the host's `http` capability; the output is `{"status": n}`.
 //!
 //! `validate` refuses when `rejectValidate` is set and traps when `trapValidate` is true.
 
@@ -35,6 +36,7 @@ struct Config {
     fail_attempts: Option<u32>,
     reject_validate: Option<String>,
     trap_validate: bool,
+    url: Option<String>,
 }
 
 fn config(json: &str) -> Config {
@@ -123,12 +125,32 @@ impl Guest for Testkit {
                     p = Payload::new(&[Part::Payload(&p), Part::Payload(&p)]);
                 }
             }
+            "http" => {
+                let request = nanofaas::dispatcher::http::Request {
+                    method: "GET".into(),
+                    url: c.url.unwrap_or_default(),
+                    headers: Vec::new(),
+                    timeout_ms: None,
+                };
+                let empty = Payload::new(&[]);
+                match nanofaas::dispatcher::http::start(&request, &empty) {
+                    Ok(handle) => Ok(Outcome::Pending(Pending { handle, poll_after_ms: None })),
+                    Err(e) => Err(Failure { code: "HTTP_REFUSED".into(), message: format!("{e:?}"), retryable: false }),
+                }
+            }
             other => Err(Failure { code: "UNKNOWN_BEHAVIOR".into(), message: other.into(), retryable: false }),
         }
     }
 
     fn poll(inv: Invocation, handle: String) -> Result<Outcome, Failure> {
         let c = config(&inv.function.config);
+        if c.behavior.as_deref() == Some("http") {
+            return match nanofaas::dispatcher::http::take_response(&handle) {
+                None => Ok(Outcome::Pending(Pending { handle, poll_after_ms: None })),
+                Some(Ok(r)) => Ok(done_json(&format!("{{\"status\":{}}}", r.status))),
+                Some(Err(e)) => Err(Failure { code: "HTTP_FAILED".into(), message: format!("{e:?}"), retryable: false }),
+            };
+        }
         let polls: u32 = handle.trim_start_matches('h').parse().unwrap_or(0) + 1;
         log(Level::Debug, &format!("poll {polls} of {handle}"));
         match c.complete_after_polls {
