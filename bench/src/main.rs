@@ -8,10 +8,13 @@
 //!   echoes, same client, same machine.
 //! - `local`: a `local` function running `cat` vs spawning `cat` directly.
 //! - `pool`: a `pool` function vs POSTing to the same endpoint directly with `reqwest`.
+//! - `kube`: Kubernetes Jobs against the test API server: invoke-to-Job-created and
+//!   callback-to-response latency, API requests per execution.
 
 mod capability;
 mod dispatch;
 mod http;
+mod kube;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +53,11 @@ enum Bench {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Kubernetes Jobs against the test API server: latencies and API requests per execution.
+    Kube {
+        #[arg(long, default_value_t = 20)]
+        executions: usize,
+    },
     /// `pool` invoke vs calling the same endpoint directly.
     Pool {
         #[arg(long, default_value_t = 10_000)]
@@ -68,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Http { requests, concurrency, moderate } => http::run(requests, concurrency, moderate).await,
             Bench::Local { calls, concurrency } => capability::local(calls, concurrency).await,
             Bench::Pool { calls, concurrency } => capability::pool(calls, concurrency).await,
+            Bench::Kube { executions } => kube::run(executions).await,
         }
     })
 }

@@ -6,6 +6,7 @@
 //! message that says so, which `validate` passes on to the user at registration.
 
 pub mod http;
+pub mod kubernetes;
 pub mod process;
 
 use std::collections::BTreeSet;
@@ -14,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// One capability a plugin can be granted. `log` is always granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,11 +112,18 @@ pub struct Capabilities {
     /// Local processes; `None` when local execution is switched off (`--no-local-exec`).
     pub process: Option<process::ProcessCapability>,
     pub http: http::HttpCapability,
+    /// Jobs; `None` when no cluster is configured.
+    pub kubernetes: Option<kubernetes::KubernetesCapability>,
 }
 
 impl Capabilities {
     /// The capabilities a host configured by `config` offers; `wake` reaches its executions.
-    pub fn new(config: &Config, wake: Wake) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        wake: Wake,
+        metrics: &Metrics,
+        cluster: Option<kubernetes::Cluster>,
+    ) -> Result<Self, String> {
         let allow = if config.http_allow.is_empty() {
             http::AllowList::default_list()
         } else {
@@ -122,13 +131,14 @@ impl Capabilities {
         };
         Ok(Self {
             process: config.local_exec.then(|| process::ProcessCapability::new(config.max_output_bytes, wake.clone())),
-            http: http::HttpCapability::new(allow, config.max_output_bytes, wake),
+            http: http::HttpCapability::new(allow, config.max_output_bytes, wake.clone()),
+            kubernetes: cluster.map(|c| kubernetes::KubernetesCapability::start(c, metrics.clone(), wake)),
         })
     }
 
-    /// Capabilities that wake nobody (benchmarks, tools).
+    /// Capabilities that wake nobody and have no cluster (benchmarks, tools).
     pub fn detached(config: &Config) -> Self {
-        Self::new(config, Arc::new(|_: &str| {})).expect("a default configuration is valid")
+        Self::new(config, Arc::new(|_: &str| {}), &Metrics::new(), None).expect("a default configuration is valid")
     }
 
     /// Why `cap` cannot be used on this host right now, if it cannot.
@@ -137,7 +147,7 @@ impl Capabilities {
             Capability::Process if self.process.is_none() => {
                 Some("local execution is switched off on this host (--no-local-exec)".into())
             }
-            Capability::Kubernetes => Some("no Kubernetes cluster is configured".into()),
+            Capability::Kubernetes if self.kubernetes.is_none() => Some("no Kubernetes cluster is configured".into()),
             _ => None,
         }
     }
@@ -148,6 +158,9 @@ impl Capabilities {
             p.release_owner(execution_id);
         }
         self.http.release_owner(execution_id);
+        if let Some(k) = &self.kubernetes {
+            k.release_owner(execution_id);
+        }
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Config {
     /// Destinations outgoing HTTP may reach (host names, addresses, CIDR ranges); empty means
     /// the default, loopback only.
     pub http_allow: Vec<String>,
+    /// Whether to look for a cluster (kubeconfig, `KUBECONFIG`, or in-cluster).
+    pub kubernetes: bool,
+    /// Namespace of the Jobs; default: the kubeconfig context's, else `default`.
+    pub kube_namespace: Option<String>,
 }
 
 /// Bounds applied to every plugin call.
@@ -138,6 +142,8 @@ impl Default for Config {
             local_exec: true,
             max_output_bytes: defaults::MAX_OUTPUT_BYTES,
             http_allow: Vec::new(),
+            kubernetes: true,
+            kube_namespace: None,
         }
     }
 }
@@ -246,6 +252,12 @@ pub struct ServeArgs {
     /// var). Default: 127.0.0.0/8, ::1/128, localhost.
     #[arg(long = "http-allow", env = "NANOFAAS_HTTP_ALLOW", value_delimiter = ',')]
     pub http_allow: Vec<String>,
+    /// Do not look for a Kubernetes cluster (Kubernetes dispatchers are then refused).
+    #[arg(long, env = "NANOFAAS_NO_KUBERNETES")]
+    pub no_kubernetes: bool,
+    /// Namespace of the Jobs (default: the kubeconfig context's, else `default`).
+    #[arg(long, env = "NANOFAAS_KUBE_NAMESPACE")]
+    pub kube_namespace: Option<String>,
 }
 
 impl From<ServeArgs> for Config {
@@ -278,6 +290,8 @@ impl From<ServeArgs> for Config {
             local_exec: !a.no_local_exec,
             max_output_bytes: a.max_output_bytes,
             http_allow: a.http_allow,
+            kubernetes: !a.no_kubernetes,
+            kube_namespace: a.kube_namespace,
         }
     }
 }

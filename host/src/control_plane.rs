@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::capability::kubernetes::Cluster;
 use crate::capability::{Capabilities, Wake};
 use crate::config::Config;
 use crate::execution::{
@@ -131,7 +132,12 @@ impl CallbackOutcome {
 impl ControlPlane {
     /// A control plane with the plugins of `catalog`; `callback_base` is the URL remote runners
     /// use to reach this host. Fails on an invalid capability setting (an allow-list entry).
-    pub fn new(config: Config, catalog: Arc<Catalog>, callback_base: String) -> Result<Self, String> {
+    pub fn new(
+        config: Config,
+        catalog: Arc<Catalog>,
+        callback_base: String,
+        cluster: Option<Cluster>,
+    ) -> Result<Self, String> {
         let metrics = Metrics::new();
         let store = Arc::new(ExecutionStore::new(
             config.execution_retention,
@@ -147,7 +153,7 @@ impl ControlPlane {
                 }
             })
         };
-        let caps = Arc::new(Capabilities::new(&config, wake)?);
+        let caps = Arc::new(Capabilities::new(&config, wake, &metrics, cluster)?);
         let plugins = Plugins::new(catalog, config.plugin.clone(), caps, metrics.clone());
         let tokens = TokenKey::new(config.callback_secret.as_deref());
         Ok(Self(Arc::new(Inner {

@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::capability::kubernetes::Cluster;
 use crate::config::Config;
 use crate::control_plane::ControlPlane;
 use crate::plugin::Catalog;
@@ -54,9 +55,9 @@ impl Listeners {
     }
 }
 
-/// Builds a control plane from a config and an already-built plugin catalog.
+/// Builds a control plane from a config and an already-built plugin catalog, without a cluster.
 pub fn control_plane(config: Config, catalog: Arc<Catalog>, callback_base: String) -> anyhow::Result<ControlPlane> {
-    ControlPlane::new(config, catalog, callback_base).map_err(anyhow::Error::msg)
+    ControlPlane::new(config, catalog, callback_base, None).map_err(anyhow::Error::msg)
 }
 
 /// Runs a host until `shutdown` resolves: loads plugins and functions, serves the API and the
@@ -66,12 +67,23 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let cluster = if config.kubernetes { Cluster::infer(config.kube_namespace.clone()).await } else { None };
+    run_with_cluster(config, listeners, cluster, shutdown).await
+}
+
+/// [`run`] with the cluster given instead of found (tools and benchmarks).
+pub async fn run_with_cluster(
+    config: Config,
+    listeners: Listeners,
+    cluster: Option<Cluster>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (catalog, _refused) = bootstrap::catalog(&config)?;
     let api_addr = listeners.api.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let callback_base = config.callback_base(api_addr);
     let functions_file = config.functions_file.clone();
-    let cp = control_plane(config, Arc::new(catalog), callback_base)?;
+    let cp = ControlPlane::new(config, Arc::new(catalog), callback_base, cluster).map_err(anyhow::Error::msg)?;
     if let Some(file) = functions_file {
         let n = bootstrap::register_file(&cp, &file).await?;
         tracing::info!(count = n, file = %file.display(), "functions registered");

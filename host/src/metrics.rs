@@ -37,6 +37,14 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// Finished executions evicted after their retention.
     pub evicted: IntCounterVec,
+    /// Kubernetes Jobs created, by function.
+    pub job_created: IntCounterVec,
+    /// Time from creating a Job to seeing its pod running.
+    pub job_start_latency: HistogramVec,
+    /// Time from creating a Job to its `Complete`/`Failed` condition.
+    pub job_run_duration: HistogramVec,
+    /// Requests the host sent to the Kubernetes API server, by verb and resource.
+    pub kube_requests: IntCounterVec,
     /// HTTP requests by matched route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request duration by matched route and method.
@@ -97,6 +105,22 @@ impl Metrics {
                 "nanofaas_executions_evicted_total",
                 "Finished executions removed from the store.",
                 &["reason"],
+            ),
+            job_created: counter("nanofaas_job_created_total", "Kubernetes Jobs created.", &["function"]),
+            job_start_latency: histogram(
+                "nanofaas_job_start_latency_seconds",
+                "Time from creating a Job to its pod running.",
+                &["function"],
+            ),
+            job_run_duration: histogram(
+                "nanofaas_job_run_duration_seconds",
+                "Time from creating a Job to its Complete or Failed condition.",
+                &["function", "outcome"],
+            ),
+            kube_requests: counter(
+                "nanofaas_kube_api_requests_total",
+                "Requests sent to the Kubernetes API server, by verb and resource.",
+                &["verb", "resource"],
             ),
             http_requests: counter(
                 "nanofaas_http_requests_total",

@@ -217,10 +217,11 @@ impl http::Host for HostState {
             (Ok(owner), Ok(cap)) => (owner, cap),
             (Err(e), _) | (_, Err(e)) => return Ok(Err(http::HttpError::NotAllowed(e))),
         };
-        let remaining = self
-            .ctx
-            .deadline
-            .map_or(std::time::Duration::from_secs(3600), |d| d.saturating_duration_since(tokio::time::Instant::now()));
+        // Bounded by the deadline plus a grace: the host's deadline decides (it aborts the
+        // request), so a request timing out a hair earlier never races it into a retry.
+        let remaining = self.ctx.deadline.map_or(std::time::Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(tokio::time::Instant::now()) + std::time::Duration::from_secs(1)
+        });
         let request = crate::capability::http::HttpRequest {
             method: req.method,
             url: req.url,
@@ -246,39 +247,91 @@ impl http::Host for HostState {
     }
 }
 
-impl kubernetes::Host for HostState {
-    async fn available(&mut self) -> wasmtime::Result<Result<(), String>> {
-        Ok(match self.refused(Capability::Kubernetes) {
-            Some(reason) => Err(reason),
-            None => Ok(()),
-        })
+fn api_error(f: crate::capability::kubernetes::ApiFailure) -> kubernetes::ApiError {
+    kubernetes::ApiError { status: f.status, reason: f.reason, message: f.message, retryable: f.retryable }
+}
+
+impl HostState {
+    fn kube_cap(&self) -> Result<&crate::capability::kubernetes::KubernetesCapability, kubernetes::ApiError> {
+        let refused = |message: String| kubernetes::ApiError {
+            status: 0,
+            reason: "Unavailable".into(),
+            message,
+            retryable: false,
+        };
+        if let Some(reason) = self.refused(Capability::Kubernetes) {
+            return Err(refused(reason));
+        }
+        self.caps.kubernetes.as_ref().ok_or_else(|| refused("no Kubernetes cluster is configured".into()))
     }
 
-    async fn create_job(&mut self, _manifest: String) -> wasmtime::Result<Result<String, kubernetes::ApiError>> {
-        Ok(Err(self.kube_refused()))
+    fn kube_owner(&self) -> Result<String, kubernetes::ApiError> {
+        self.owner().map_err(|message| kubernetes::ApiError {
+            status: 0,
+            reason: "Forbidden".into(),
+            message,
+            retryable: false,
+        })
+    }
+}
+
+impl kubernetes::Host for HostState {
+    async fn available(&mut self) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.kube_cap().map(|_| ()).map_err(|e| e.message))
+    }
+
+    async fn create_job(&mut self, manifest: String) -> wasmtime::Result<Result<String, kubernetes::ApiError>> {
+        let (cap, owner) = match (self.kube_cap(), self.kube_owner()) {
+            (Ok(cap), Ok(owner)) => (cap, owner),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+        };
+        let function = self.ctx.function.clone().unwrap_or_default();
+        Ok(cap.create_job(&owner, &function, self.ctx.attempt, &manifest).await.map_err(api_error))
     }
 
     async fn job_status(
         &mut self,
-        _name: String,
+        name: String,
     ) -> wasmtime::Result<Result<Option<kubernetes::JobState>, kubernetes::ApiError>> {
-        Ok(Err(self.kube_refused()))
+        let (cap, owner) = match (self.kube_cap(), self.kube_owner()) {
+            (Ok(cap), Ok(owner)) => (cap, owner),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+        };
+        Ok(cap.job_status(&owner, &name).map_err(api_error).map(|state| {
+            state.map(|s| kubernetes::JobState {
+                active: s.active,
+                succeeded: s.succeeded,
+                failed: s.failed,
+                conditions: s
+                    .conditions
+                    .into_iter()
+                    .map(|c| kubernetes::JobCondition {
+                        kind: c.kind,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                    })
+                    .collect(),
+                pods: s
+                    .pods
+                    .into_iter()
+                    .map(|p| kubernetes::PodState {
+                        name: p.name,
+                        phase: p.phase,
+                        exit_code: p.exit_code,
+                        reason: p.reason,
+                        termination_message: p.termination_message,
+                    })
+                    .collect(),
+            })
+        }))
     }
 
-    async fn delete_job(&mut self, _name: String) -> wasmtime::Result<Result<(), kubernetes::ApiError>> {
-        Ok(Err(self.kube_refused()))
-    }
-}
-
-impl HostState {
-    fn kube_refused(&self) -> kubernetes::ApiError {
-        kubernetes::ApiError {
-            status: 0,
-            reason: "Unavailable".into(),
-            message: self
-                .refused(Capability::Kubernetes)
-                .unwrap_or_else(|| "kubernetes capability is unavailable".into()),
-            retryable: false,
-        }
+    async fn delete_job(&mut self, name: String) -> wasmtime::Result<Result<(), kubernetes::ApiError>> {
+        let (cap, owner) = match (self.kube_cap(), self.kube_owner()) {
+            (Ok(cap), Ok(owner)) => (cap, owner),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+        };
+        Ok(cap.delete_job(&owner, &name).await.map_err(api_error))
     }
 }

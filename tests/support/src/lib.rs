@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod kube;
+
 /// Paths of the guest components built for the tests.
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));

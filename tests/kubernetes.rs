@@ -1,0 +1,368 @@
+//! Kubernetes Job dispatch end to end: the real `nanofaas` binary over HTTP, a real
+//! kube-apiserver + Job controller + garbage collector on loopback, the real `nanofaas-runtime`
+//! in each pod, and the test harness as the kubelet (tests/support/src/kube.rs).
+//!
+//! Every scenario runs in a namespace of its own, with the host authenticated as the service
+//! account of `deploy/rbac.yaml` — so a permission missing from the shipped Role fails here.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::Api;
+use nanofaas_test_support::kube::{Cluster, ImageMap, shared};
+use nanofaas_test_support::{Host, repo_root};
+use serde_json::{Value, json};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nanofaas"))
+}
+
+fn runtime_binary() -> PathBuf {
+    let path = binary().parent().expect("a directory").join("nanofaas-runtime");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p nanofaas-runtime` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+fn cluster() -> &'static Cluster {
+    let images = ImageMap {
+        programs: [("nanofaas-runtime".to_string(), runtime_binary())].into(),
+        prefixes: vec![("/functions".to_string(), repo_root().join("examples/functions"))],
+    };
+    shared(images).expect("the test control plane (run scripts/kube-control-plane.sh once)")
+}
+
+/// A namespace with the host's identity, and a host serving it.
+async fn host_in(namespace: &str, grant: bool, extra: &[&str]) -> Host {
+    let kubeconfig = cluster().host_namespace(namespace, grant).await.unwrap();
+    let mut args = vec!["--kube-namespace", namespace, "--callback-secret", "test-secret", "--retry-base-ms", "50"];
+    args.extend_from_slice(extra);
+    Host::start(binary(), &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]).await.unwrap()
+}
+
+/// A function spec for a Job plugin; the command runs under `nanofaas-runtime` in the pod.
+fn job_function(name: &str, dispatcher: &str, command: &[&str], timeout_ms: u64, config: Value) -> Value {
+    json!({
+        "name": name, "dispatcher": dispatcher, "image": "nanofaas/examples:test",
+        "command": command, "timeoutMs": timeout_ms, "dispatcherConfig": config,
+    })
+}
+
+/// A function that sleeps `input.sleep` seconds, fails with `input.exit`, else answers.
+const PY: &str = "import json,sys,time\nd=json.load(sys.stdin)['input']\ntime.sleep(d.get('sleep',0))\n\
+if d.get('exit'):\n  print('failing on purpose',file=sys.stderr); sys.exit(d['exit'])\nprint(json.dumps({'echo':d}))";
+
+async fn register(host: &Host, spec: Value) {
+    let (status, body) = host.post("/v1/functions", spec).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn jobs(namespace: &str) -> Vec<Job> {
+    let client = cluster().admin().await.unwrap();
+    Api::<Job>::namespaced(client, namespace).list(&Default::default()).await.unwrap().items
+}
+
+/// Waits until the namespace has no Jobs left (deleted by the host; the GC takes the pods).
+async fn wait_no_jobs(namespace: &str) {
+    for _ in 0..200 {
+        if jobs(namespace).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "Jobs left behind in {namespace}: {:?}",
+        jobs(namespace).await.iter().map(|j| j.metadata.name.clone()).collect::<Vec<_>>()
+    );
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics(host: &Host) -> String {
+    host.client.get(format!("{}/metrics", host.admin)).send().await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_and_its_callback_answers_the_invocation() {
+    let ns = "k-callback";
+    let host = host_in(ns, true, &[]).await;
+    register(&host, job_function("wc", "k8s-job", &["python3", "/functions/python/wordcount.py"], 30_000, json!({})))
+        .await;
+    let (status, body) =
+        host.post("/v1/functions/wc:invoke", json!({"input": {"text": "a rose is a rose"}})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"], json!({"words": 5, "top": [["a", 2], ["rose", 2], ["is", 1]]}));
+    // Released after completion: the Job (and by the GC its pod) is deleted.
+    wait_no_jobs(ns).await;
+    let m = metrics(&host).await;
+    assert_eq!(metric(&m, "nanofaas_job_created_total", r#"function="wc""#), 1.0, "{m}");
+    assert_eq!(metric(&m, "nanofaas_callbacks_total", r#"outcome="accepted""#), 1.0);
+    assert_eq!(metric(&m, "nanofaas_job_start_latency_seconds_count", r#"function="wc""#), 1.0);
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_callback_the_invocation_times_out_at_its_deadline_and_the_job_is_deleted() {
+    let ns = "k-nocallback";
+    // The runtime cannot reach the host: the callback URL points at a closed port.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = host_in(ns, true, &["--callback-url", &format!("http://127.0.0.1:{dead}")]).await;
+    register(&host, job_function("lost", "k8s-job", &["python3", "-c", PY], 3_000, json!({}))).await;
+    // And a pod that hangs.
+    register(&host, job_function("hang", "k8s-job", &["python3", "-c", PY], 3_000, json!({}))).await;
+    for (function, input) in [("lost", json!({})), ("hang", json!({"sleep": 300}))] {
+        let started = Instant::now();
+        let (status, body) =
+            host.post(&format!("/v1/functions/{function}:invoke"), json!({"input": input})).await.unwrap();
+        assert_eq!((status, body["status"].clone()), (504, json!("timeout")), "{function}: {body}");
+        assert!(started.elapsed() >= Duration::from_millis(3_000));
+        let (_, exec) = host.get(&format!("/v1/executions/{}", body["executionId"].as_str().unwrap())).await.unwrap();
+        assert_eq!(exec["error"]["code"], "TIMEOUT");
+    }
+    wait_no_jobs(ns).await;
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_job_creation_fails_at_once_without_leaking_the_slot() {
+    // Forbidden: the service account has no Role in this namespace.
+    let ns = "k-forbidden";
+    let host = host_in(ns, false, &[]).await;
+    let mut spec = job_function("f", "k8s-job", &["true"], 30_000, json!({}));
+    spec["concurrency"] = json!(1);
+    register(&host, spec).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = host.post("/v1/functions/f:invoke", json!({"input": 1})).await.unwrap();
+        assert_eq!((status, body["error"]["code"].clone()), (502, json!("K8S_ERROR")), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("403"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(30), "an error, not a wait for the deadline");
+    }
+    host.stop().await.unwrap();
+
+    // Invalid: the API server refuses the manifest (a resource quantity it cannot parse).
+    let ns = "k-invalid";
+    let host = host_in(ns, true, &[]).await;
+    let mut spec = job_function("bad", "k8s-job", &["true"], 30_000, json!({}));
+    spec["resources"] = json!({"cpu": "lots"});
+    register(&host, spec).await;
+    let (status, body) = host.post("/v1/functions/bad:invoke", json!({"input": 1})).await.unwrap();
+    assert_eq!((status, body["error"]["code"].clone()), (502, json!("K8S_ERROR")), "{body}");
+    let (_, exec) = host.get(&format!("/v1/executions/{}", body["executionId"].as_str().unwrap())).await.unwrap();
+    assert_eq!(exec["attempt"], 1, "a 4xx from the API is final: {exec}");
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_is_an_error_after_bounded_retries() {
+    let cluster = cluster();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let good = cluster.write_kubeconfig("down.kubeconfig", &cluster.admin_token, "default").unwrap();
+    let text = std::fs::read_to_string(&good).unwrap().replace(&cluster.server, &format!("https://127.0.0.1:{dead}"));
+    let down = good.with_file_name("really-down.kubeconfig");
+    std::fs::write(&down, text).unwrap();
+    let host =
+        Host::start(binary(), &["--retry-base-ms", "50"], &[("KUBECONFIG", down.to_str().unwrap())]).await.unwrap();
+    let mut spec = job_function("f", "job-poll", &["true"], 30_000, json!({}));
+    spec["maxRetries"] = json!(2);
+    register(&host, spec).await;
+    let started = Instant::now();
+    let (status, body) = host.post("/v1/functions/f:invoke", json!({"input": 1})).await.unwrap();
+    assert_eq!((status, body["error"]["code"].clone()), (502, json!("K8S_ERROR")), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let (_, exec) = host.get(&format!("/v1/executions/{}", body["executionId"].as_str().unwrap())).await.unwrap();
+    assert_eq!(exec["attempt"], 3, "connection failures are retried: {exec}");
+    host.stop().await.unwrap();
+}
+
+/// A proxy in front of the host's callbacks that fails the first `n` with 503.
+struct FlakyProxy {
+    url: String,
+    /// Where to forward (the host's API), set once the host runs.
+    target: std::sync::Arc<std::sync::Mutex<String>>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn flaky_proxy(n: usize) -> FlakyProxy {
+    use std::sync::atomic::Ordering;
+    let seen: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let target: std::sync::Arc<std::sync::Mutex<String>> = Default::default();
+    let (s, t) = (seen.clone(), target.clone());
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (seen, target) = (s.clone(), t.clone());
+        async move {
+            if seen.fetch_add(1, Ordering::SeqCst) < n {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new());
+            }
+            let url = format!("{}{}", target.lock().unwrap(), req.uri());
+            let auth = req.headers().get("authorization").cloned().unwrap();
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap();
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap(), r.text().await.unwrap())
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    FlakyProxy { url, target, seen }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_fails_at_first_is_retried_by_the_runtime() {
+    let ns = "k-flaky";
+    let proxy = flaky_proxy(2).await;
+    let host = host_in(ns, true, &["--callback-url", &proxy.url]).await;
+    *proxy.target.lock().unwrap() = host.api.clone();
+    register(&host, job_function("flaky", "k8s-job", &["python3", "-c", PY], 30_000, json!({}))).await;
+    let (status, body) = host.post("/v1/functions/flaky:invoke", json!({"input": {"n": 1}})).await.unwrap();
+    assert_eq!((status, body["output"].clone()), (200, json!({"echo": {"n": 1}})), "{body}");
+    assert_eq!(proxy.seen.load(std::sync::atomic::Ordering::SeqCst), 3, "two refused, the third delivered");
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_poll_recovers_the_output_when_no_callback_is_possible() {
+    let ns = "k-poll";
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = host_in(ns, true, &["--callback-url", &format!("http://127.0.0.1:{dead}")]).await;
+    register(
+        &host,
+        job_function(
+            "wc",
+            "job-poll",
+            &["python3", "/functions/python/wordcount.py"],
+            30_000,
+            json!({"callbackBudgetMs": 500}),
+        ),
+    )
+    .await;
+    let started = Instant::now();
+    let (status, body) = host.post("/v1/functions/wc:invoke", json!({"input": "to be or not to be"})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["output"], json!({"words": 6, "top": [["to", 2], ["be", 2], ["or", 1]]}));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    wait_no_jobs(ns).await;
+    let m = metrics(&host).await;
+    assert_eq!(metric(&m, "nanofaas_callbacks_total", r#"outcome="accepted""#), 0.0, "no callback came");
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_crashing_function_is_an_error_before_the_deadline() {
+    let ns = "k-fail";
+    // No callbacks: the verdict must come from the Job's status.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = host_in(ns, true, &["--callback-url", &format!("http://127.0.0.1:{dead}")]).await;
+    register(
+        &host,
+        job_function("fails", "job-poll", &["python3", "-c", PY], 60_000, json!({"callbackBudgetMs": 200})),
+    )
+    .await;
+    // The function takes its runtime down with it: nothing reports but the pod's exit.
+    let crash = "kill -9 $PPID; sleep 30";
+    register(&host, job_function("crashes", "k8s-job", &["sh", "-c", crash], 60_000, json!({"pollIntervalMs": 500})))
+        .await;
+    register(&host, job_function("crashes-too", "job-poll", &["sh", "-c", crash], 60_000, json!({}))).await;
+
+    let started = Instant::now();
+    let (status, body) = host.post("/v1/functions/fails:invoke", json!({"input": {"exit": 3}})).await.unwrap();
+    assert_eq!((status, body["error"]["code"].clone()), (500, json!("FUNCTION_ERROR")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("exited with code 3") && message.contains("failing on purpose"), "{message}");
+    for function in ["crashes", "crashes-too"] {
+        let (status, body) =
+            host.post(&format!("/v1/functions/{function}:invoke"), json!({"input": {}})).await.unwrap();
+        assert!(status == 500 || status == 502, "{function}: {status} {body}");
+        assert_ne!(body["status"], "timeout", "{function}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("exit code 137"), "{function}: {body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60), "verdicts came before the deadlines");
+    wait_no_jobs(ns).await;
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_slot_leaks_and_late_or_forged_callbacks_change_nothing() {
+    let ns = "k-slots";
+    let host = host_in(ns, true, &[]).await;
+    let mut spec = job_function("f", "k8s-job", &["python3", "-c", PY], 2_000, json!({}));
+    spec["concurrency"] = json!(1);
+    spec["maxRetries"] = json!(0);
+    register(&host, spec).await;
+    let mut timed_out = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = host.post("/v1/functions/f:invoke", json!({"input": {"sleep": 300}})).await.unwrap();
+        assert_eq!(status, 504, "{body}");
+        timed_out.push(body["executionId"].as_str().unwrap().to_string());
+    }
+    for _ in 0..2 {
+        let (status, body) = host.post("/v1/functions/f:invoke", json!({"input": {"exit": 4}})).await.unwrap();
+        assert_eq!(status, 500, "{body}");
+    }
+    // The single slot came back every time: the function still works.
+    let (status, body) = host.post("/v1/functions/f:invoke", json!({"input": {"ok": true}})).await.unwrap();
+    assert_eq!((status, body["output"].clone()), (200, json!({"echo": {"ok": true}})), "{body}");
+
+    // A late callback (valid token, after the timeout) is accepted as a request, changes nothing,
+    // and is counted.
+    let id = &timed_out[0];
+    let token = nanofaas::token::TokenKey::new(Some("test-secret")).token(id);
+    let url = host.url(&format!("/v1/internal/executions/{id}:complete"));
+    let r =
+        host.client.post(&url).bearer_auth(&token).json(&json!({"success": true, "output": 1})).send().await.unwrap();
+    let late: Value = r.json().await.unwrap();
+    assert_eq!((late["outcome"].clone(), late["status"].clone()), (json!("late"), json!("timeout")));
+    let (_, exec) = host.get(&format!("/v1/executions/{id}")).await.unwrap();
+    assert_eq!((exec["status"].clone(), exec["output"].clone()), (json!("timeout"), Value::Null));
+    // A forged one is refused.
+    let r = host.client.post(&url).bearer_auth("forged").json(&json!({"success": true})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let m = metrics(&host).await;
+    assert_eq!(metric(&m, "nanofaas_callbacks_total", r#"outcome="late""#), 1.0, "{m}");
+    assert_eq!(metric(&m, "nanofaas_callbacks_total", r#"outcome="rejected""#), 1.0);
+    assert_eq!(metric(&m, "nanofaas_in_flight", r#"function="f""#), 0.0);
+    wait_no_jobs(ns).await;
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_needs_a_cluster_an_image_and_a_command() {
+    // A host without any cluster configured still starts and serves the other dispatchers.
+    let host = Host::start(binary(), &["--no-kubernetes"], &[]).await.unwrap();
+    let (status, body) =
+        host.post("/v1/functions", job_function("f", "k8s-job", &["true"], 1000, json!({}))).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no Kubernetes cluster is configured"), "{body}");
+    let (status, _) = host.post("/v1/functions", json!({"name": "e", "executionMode": "LOCAL"})).await.unwrap();
+    assert_eq!(status, 201);
+    host.stop().await.unwrap();
+
+    let host = host_in("k-validate", true, &[]).await;
+    let (status, body) = host
+        .post("/v1/functions", json!({"name": "noimage", "dispatcher": "job-poll", "command": ["x"]}))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("image"), "{body}");
+    let (status, _) =
+        host.post("/v1/functions", json!({"name": "nocmd", "dispatcher": "k8s-job", "image": "i"})).await.unwrap();
+    assert_eq!(status, 400);
+    host.stop().await.unwrap();
+}
