@@ -9,9 +9,13 @@ use std::path::PathBuf;
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("..");
     // Path dependencies of the plugins, watched for changes.
-    let (contract, jobkit) = (root.join("contract/src"), root.join("jobkit/src"));
-    let components =
-        wasm_build::build_workspace(&root.join("plugins"), &root.join("wit"), &[&contract, &jobkit], "wasm-plugins");
+    let (contract, jobkit, common) = (root.join("contract/src"), root.join("jobkit/src"), root.join("plugins/common"));
+    let components = wasm_build::build_workspace(
+        &root.join("plugins"),
+        &root.join("wit"),
+        &[&contract, &jobkit, &common],
+        "wasm-plugins",
+    );
 
     let mut code =
         String::from("/// The built-in plugins: (name, component bytes).\npub static BUILTIN: &[(&str, &[u8])] = &[\n");

@@ -12,7 +12,9 @@ fn binary() -> &'static Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_register_invoke_enqueue_and_stop() {
     // Listen addresses come from NANOFAAS_* environment variables (set by Host::start).
-    let host = Host::start(binary(), &[], &[("NANOFAAS_MAX_BODY_BYTES", "4096")]).await.unwrap();
+    let host = Host::start(binary(), &[], &[("NANOFAAS_MAX_BODY_BYTES", "4096"), ("NANOFAAS_LOG_FORMAT", "json")])
+        .await
+        .unwrap();
 
     let (status, body) = host.post("/v1/functions", json!({"name": "echo", "executionMode": "LOCAL"})).await.unwrap();
     assert_eq!(status, 201, "{body}");
@@ -47,6 +49,22 @@ async fn serve_register_invoke_enqueue_and_stop() {
     );
     let ready = host.client.get(format!("{}/health/ready", host.admin)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+
+    // Structured logs: one JSON object per line, executions carrying their ids.
+    let logs = host.logs();
+    let finished: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v| v["message"] == "execution finished")
+        .collect();
+    assert_eq!(finished.len(), 2, "{logs}");
+    for v in &finished {
+        assert_eq!(v["function"], "echo");
+        assert_eq!(v["attempt"], 1);
+        assert_eq!(v["trace_id"].as_str().map(str::len), Some(32), "{v}");
+        assert_eq!(v["execution_id"].as_str().map(str::len), Some(36), "{v}");
+    }
+    assert!(finished.iter().any(|v| v["execution_id"] == id.as_str()));
 
     let exit = host.stop().await.unwrap();
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");

@@ -223,33 +223,10 @@ impl KubernetesCapability {
         let inner = Arc::new(Inner::new(&cluster, job_cache, pod_cache, metrics, wake));
         let config = watcher::Config::default().labels(&selector);
         let weak = Arc::downgrade(&inner);
-        tokio::spawn({
-            let weak = weak.clone();
-            let stream = reflector::reflector(job_writer, watcher(jobs, config.clone()).default_backoff());
-            async move {
-                let mut stream = std::pin::pin!(stream.touched_objects());
-                while let Some(event) = stream.next().await {
-                    let Some(inner) = weak.upgrade() else { break };
-                    match event {
-                        Ok(job) => inner.job_changed(&job),
-                        Err(e) => tracing::warn!(error = %e, "Job watch error (retrying)"),
-                    }
-                }
-            }
-        });
-        tokio::spawn({
-            let stream = reflector::reflector(pod_writer, watcher(pods, config).default_backoff());
-            async move {
-                let mut stream = std::pin::pin!(stream.touched_objects());
-                while let Some(event) = stream.next().await {
-                    let Some(inner) = weak.upgrade() else { break };
-                    match event {
-                        Ok(pod) => inner.pod_changed(&pod),
-                        Err(e) => tracing::warn!(error = %e, "pod watch error (retrying)"),
-                    }
-                }
-            }
-        });
+        let job_events = reflector::reflector(job_writer, watcher(jobs, config.clone()).default_backoff());
+        tokio::spawn(follow(job_events, weak.clone(), Inner::job_changed, "Job"));
+        let pod_events = reflector::reflector(pod_writer, watcher(pods, config).default_backoff());
+        tokio::spawn(follow(pod_events, weak, Inner::pod_changed, "pod"));
         tracing::info!(namespace = %cluster.namespace, "Kubernetes Jobs enabled");
         Self(inner)
     }
@@ -461,6 +438,23 @@ impl Inner {
         }
         if let Some(owner) = Self::owner_of(pod.metadata.labels.as_ref()) {
             (self.wake)(&owner);
+        }
+    }
+}
+
+/// Feeds a reflector's events to `changed` until the capability is dropped.
+async fn follow<K: kube::Resource + Clone>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    inner: std::sync::Weak<Inner>,
+    changed: fn(&Inner, &K),
+    what: &'static str,
+) {
+    let mut events = std::pin::pin!(events.touched_objects());
+    while let Some(event) = events.next().await {
+        let Some(inner) = inner.upgrade() else { break };
+        match event {
+            Ok(object) => changed(&inner, &object),
+            Err(e) => tracing::warn!(error = %e, "{what} watch error (retrying)"),
         }
     }
 }

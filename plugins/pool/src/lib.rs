@@ -139,14 +139,6 @@ fn error(e: HttpError) -> Failure {
     }
 }
 
-/// nanofaas v1's request body, with a JSON input passed through by handle.
-fn envelope(inv: &Invocation, input: &Payload) -> Payload {
-    if nanofaas_contract::is_json(&inv.content_type) {
-        let (prefix, suffix) = nanofaas_contract::json_envelope_parts(&inv.metadata);
-        return Payload::new(&[Part::Bytes(prefix.to_vec()), Part::Payload(input), Part::Bytes(suffix)]);
-    }
-    let bytes = input.read(0, input.size() as u32);
-    Payload::new(&[Part::Bytes(nanofaas_contract::bytes_envelope(bytes, &inv.metadata))])
-}
+include!("../../common/envelope.rs");
 
 export!(Pool);
