@@ -142,6 +142,16 @@ impl ApiFailure {
     fn invalid(message: String) -> Self {
         Self { status: 0, reason: "Invalid".into(), message, retryable: false }
     }
+
+    /// The Job is not one this execution created.
+    fn not_owned(name: &str) -> Self {
+        Self {
+            status: 404,
+            reason: "NotFound".into(),
+            message: format!("no Job `{name}` for this execution"),
+            retryable: false,
+        }
+    }
 }
 
 fn classify(e: kube::Error) -> ApiFailure {
@@ -287,12 +297,7 @@ impl KubernetesCapability {
         let seen = match self.0.owned.lock().expect("owned lock").get(name) {
             Some(o) if o.owner == owner => o.seen,
             _ => {
-                return Err(ApiFailure {
-                    status: 404,
-                    reason: "NotFound".into(),
-                    message: format!("no Job `{name}` for this execution"),
-                    retryable: false,
-                });
+                return Err(ApiFailure::not_owned(name));
             }
         };
         let Some(job) = self.0.job_cache.get(&ObjectRef::new(name).within(&self.0.namespace)) else {
@@ -329,12 +334,7 @@ impl KubernetesCapability {
             match owned.get_mut(name) {
                 Some(o) if o.owner == owner => o.deleted = true,
                 _ => {
-                    return Err(ApiFailure {
-                        status: 404,
-                        reason: "NotFound".into(),
-                        message: format!("no Job `{name}` for this execution"),
-                        retryable: false,
-                    });
+                    return Err(ApiFailure::not_owned(name));
                 }
             }
         }
