@@ -37,8 +37,9 @@ pub fn catalog() -> Arc<Catalog> {
         .clone()
 }
 
-pub fn control_plane(config: Config) -> ControlPlane {
-    let cp = nanofaas::control_plane(config, catalog(), "http://127.0.0.1:9".into()).unwrap();
+pub async fn control_plane(config: Config) -> ControlPlane {
+    let store = std::sync::Arc::new(nanofaas::store::memory::MemoryStore::new());
+    let cp = nanofaas::control_plane(config, catalog(), "http://127.0.0.1:9".into(), store).await.unwrap();
     cp.set_ready(true);
     cp
 }
@@ -79,11 +80,11 @@ pub fn input(json: &str) -> Input {
     Input { content_type: "application/json".into(), body: json.to_string().into(), metadata: vec![] }
 }
 
-pub fn submit(cp: &ControlPlane, function: &str, json: &str) -> Arc<Execution> {
-    cp.submit(function, input(json), SubmitOptions::default()).unwrap().execution().clone()
+pub async fn submit(cp: &ControlPlane, function: &str, json: &str) -> Arc<Execution> {
+    cp.submit(function, input(json), SubmitOptions::default()).await.unwrap().execution().clone()
 }
 
 /// How many calls of `call` the plugin runtime made to `plugin`.
 pub fn plugin_calls(cp: &ControlPlane, plugin: &str, call: &str) -> u64 {
-    cp.metrics.plugin_call_duration.with_label_values(&[plugin, call]).get_sample_count()
+    cp.metrics().plugin_call_duration.with_label_values(&[plugin, call]).get_sample_count()
 }

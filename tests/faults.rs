@@ -13,7 +13,7 @@ use serde_json::json;
 async fn fault_of(cp: &nanofaas::control_plane::ControlPlane, behavior: &str) -> (String, String) {
     let name = format!("f-{behavior}");
     testkit(cp, &name, json!({"behavior": behavior}), |s| s.max_retries = Some(3)).await;
-    let exec = submit(cp, &name, "1");
+    let exec = submit(cp, &name, "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Error, "{behavior}");
@@ -23,12 +23,12 @@ async fn fault_of(cp: &nanofaas::control_plane::ControlPlane, behavior: &str) ->
 }
 
 fn kind_count(cp: &nanofaas::control_plane::ControlPlane, kind: &str) -> u64 {
-    cp.metrics.plugin_faults.with_label_values(&["testkit", "dispatch", kind]).get()
+    cp.metrics().plugin_faults.with_label_values(&["testkit", "dispatch", kind]).get()
 }
 
 #[tokio::test]
 async fn each_fault_fails_only_its_call() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "healthy", json!({}), |_| {}).await;
     for (behavior, kind, needle) in [
         ("trap", "trap", "dispatch trapped on purpose"),
@@ -48,7 +48,7 @@ async fn each_fault_fails_only_its_call() {
         assert!(message.contains("plugin `testkit` dispatch"), "{behavior}: {message}");
         assert_eq!(kind_count(&cp, kind), before + 1, "{behavior} counted as {kind}");
         // The same plugin still serves other executions.
-        let ok = submit(&cp, "healthy", r#""still here""#);
+        let ok = submit(&cp, "healthy", r#""still here""#).await;
         ok.wait_done().await;
         assert_eq!(ok.status(), Status::Success, "after {behavior}");
     }
@@ -59,15 +59,18 @@ async fn a_looping_plugin_does_not_stall_others() {
     // One worker thread (tokio::test's default): only the yields at epoch ticks let anything
     // else run while the guests spin. A 600-tick budget per call keeps the hogs alive long enough.
     let limits = PluginLimits { cpu_budget_ticks: 600, ..PluginLimits::default() };
-    let cp = control_plane(Config { plugin: limits, ..Config::default() });
+    let cp = control_plane(Config { plugin: limits, ..Config::default() }).await;
     testkit(&cp, "hog", json!({"behavior": "loop"}), |s| s.concurrency = Some(4)).await;
     testkit(&cp, "healthy", json!({}), |s| s.concurrency = Some(100)).await;
-    let hogs: Vec<_> = (0..4).map(|i| submit(&cp, "hog", &i.to_string())).collect();
+    let mut hogs = Vec::new();
+    for i in 0..4 {
+        hogs.push(submit(&cp, "hog", &i.to_string()).await);
+    }
     while hogs.iter().any(|h| h.status() != Status::Running) {
         tokio::task::yield_now().await;
     }
     for i in 0..20 {
-        let ok = submit(&cp, "healthy", &i.to_string());
+        let ok = submit(&cp, "healthy", &i.to_string()).await;
         ok.wait_done().await;
         assert_eq!(ok.status(), Status::Success);
     }
@@ -88,7 +91,7 @@ async fn a_call_over_its_wall_clock_limit_is_cut_off() {
         cpu_budget_ticks: 1_000_000,
         ..PluginLimits::default()
     };
-    let cp = control_plane(Config { plugin: limits, ..Config::default() });
+    let cp = control_plane(Config { plugin: limits, ..Config::default() }).await;
     let (code, message) = fault_of(&cp, "loop").await;
     assert_eq!(code, "PLUGIN_FAULT");
     assert!(message.contains("did not finish within 50 ms"), "{message}");
@@ -97,7 +100,7 @@ async fn a_call_over_its_wall_clock_limit_is_cut_off() {
 
 #[tokio::test]
 async fn faults_at_registration_are_502_and_refusals_400() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let spec = |config| nanofaas::function::FunctionSpec {
         name: "v".into(),
         dispatcher: Some("testkit".into()),
@@ -112,7 +115,7 @@ async fn faults_at_registration_are_502_and_refusals_400() {
         Err(nanofaas::control_plane::RegisterError::Refused { reason, .. }) => assert_eq!(reason, "bad mode"),
         other => panic!("unexpected {other:?}"),
     }
-    assert!(cp.registry.get("v").is_none());
+    assert!(cp.registry().get("v").is_none());
 }
 
 #[tokio::test]

@@ -18,18 +18,18 @@ fn callback(json: &str) -> CallbackResult {
 
 #[tokio::test(start_paused = true)]
 async fn pending_work_times_out_exactly_at_the_deadline() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "slow", json!({"behavior": "pending"}), |s| s.timeout_ms = Some(1000)).await;
     let started = Instant::now();
-    let exec = submit(&cp, "slow", "1");
+    let exec = submit(&cp, "slow", "1").await;
     exec.wait_done().await;
     assert_eq!(started.elapsed(), Duration::from_millis(1000), "ends exactly at its deadline");
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Timeout);
     assert_eq!(s.error.unwrap().code, "TIMEOUT");
-    assert_eq!(cp.metrics.timeouts.with_label_values(&["slow"]).get(), 1);
-    assert_eq!(cp.metrics.invocations.with_label_values(&["slow", "testkit", "timeout"]).get(), 1);
-    let f = cp.registry.get("slow").unwrap();
+    assert_eq!(cp.metrics().timeouts.with_label_values(&["slow"]).get(), 1);
+    assert_eq!(cp.metrics().invocations.with_label_values(&["slow", "testkit", "timeout"]).get(), 1);
+    let f = cp.registry().get("slow").unwrap();
     // The driver releases the pending work right after answering.
     while cp.running_drivers() > 0 {
         tokio::task::yield_now().await;
@@ -41,33 +41,33 @@ async fn pending_work_times_out_exactly_at_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_header_narrows_the_deadline() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "slow", json!({"behavior": "pending"}), |s| s.timeout_ms = Some(1000)).await;
     let started = Instant::now();
     let opts = SubmitOptions { timeout: Some(Duration::from_millis(250)), ..Default::default() };
-    let exec = cp.submit("slow", input("1"), opts).unwrap().execution().clone();
+    let exec = cp.submit("slow", input("1"), opts).await.unwrap().execution().clone();
     exec.wait_done().await;
     assert_eq!(started.elapsed(), Duration::from_millis(250));
     // It never widens the function's own timeout.
     let opts = SubmitOptions { timeout: Some(Duration::from_millis(5000)), ..Default::default() };
     let started = Instant::now();
-    let exec = cp.submit("slow", input("1"), opts).unwrap().execution().clone();
+    let exec = cp.submit("slow", input("1"), opts).await.unwrap().execution().clone();
     exec.wait_done().await;
     assert_eq!(started.elapsed(), Duration::from_millis(1000));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_covers_the_queue_wait() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "one", json!({"behavior": "pending"}), |s| {
         s.timeout_ms = Some(1000);
         s.concurrency = Some(1);
     })
     .await;
     let started = Instant::now();
-    let first = submit(&cp, "one", "1");
+    let first = submit(&cp, "one", "1").await;
     let opts = SubmitOptions { timeout: Some(Duration::from_millis(400)), ..Default::default() };
-    let queued = cp.submit("one", input("2"), opts).unwrap().execution().clone();
+    let queued = cp.submit("one", input("2"), opts).await.unwrap().execution().clone();
     queued.wait_done().await;
     assert_eq!(started.elapsed(), Duration::from_millis(400));
     let s = queued.snapshot();
@@ -76,7 +76,7 @@ async fn the_deadline_covers_the_queue_wait() {
     first.wait_done().await;
     assert_eq!(started.elapsed(), Duration::from_millis(1000));
     // The slot came back: a new execution starts at once.
-    let third = submit(&cp, "one", "3");
+    let third = submit(&cp, "one", "3").await;
     tokio::task::yield_now().await;
     while third.status() == Status::Queued {
         tokio::task::yield_now().await;
@@ -87,11 +87,11 @@ async fn the_deadline_covers_the_queue_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn polls_follow_poll_after_and_release_on_completion() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let config = json!({"behavior": "pending", "pollAfterMs": 100, "completeAfterPolls": 3});
     testkit(&cp, "polled", config, |_| {}).await;
     let started = Instant::now();
-    let exec = submit(&cp, "polled", "1");
+    let exec = submit(&cp, "polled", "1").await;
     exec.wait_done().await;
     assert_eq!(started.elapsed(), Duration::from_millis(300), "three polls, 100 ms apart");
     let s = exec.snapshot();
@@ -106,11 +106,11 @@ async fn polls_follow_poll_after_and_release_on_completion() {
 
 #[tokio::test(start_paused = true)]
 async fn a_wake_up_polls_at_once() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     // No poll interval: only the (30 s) safety poll or a wake-up would poll.
     testkit(&cp, "watched", json!({"behavior": "pending", "completeAfterPolls": 1}), |_| {}).await;
     let started = Instant::now();
-    let exec = submit(&cp, "watched", "1");
+    let exec = submit(&cp, "watched", "1").await;
     while exec.pending().is_none() {
         tokio::task::yield_now().await;
     }
@@ -125,11 +125,11 @@ async fn a_wake_up_polls_at_once() {
 async fn without_wake_ups_the_safety_poll_still_runs() {
     let config = Config::default();
     let safety = config.plugin.safety_poll;
-    let cp = control_plane(config);
+    let cp = control_plane(config).await;
     testkit(&cp, "quiet", json!({"behavior": "pending", "completeAfterPolls": 1}), |s| s.timeout_ms = Some(120_000))
         .await;
     let started = Instant::now();
-    let exec = submit(&cp, "quiet", "1");
+    let exec = submit(&cp, "quiet", "1").await;
     exec.wait_done().await;
     assert_eq!(started.elapsed(), safety);
     assert_eq!(exec.status(), Status::Success);
@@ -137,21 +137,24 @@ async fn without_wake_ups_the_safety_poll_still_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_callback_completes_pending_work_once() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "remote", json!({"behavior": "pending"}), |_| {}).await;
-    let exec = submit(&cp, "remote", "1");
+    let exec = submit(&cp, "remote", "1").await;
     while exec.pending().is_none() {
         tokio::task::yield_now().await;
     }
     tokio::time::advance(Duration::from_millis(50)).await;
-    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":{"answer":42}}"#)), CallbackOutcome::Accepted);
+    assert_eq!(
+        cp.complete(&exec, callback(r#"{"success":true,"output":{"answer":42}}"#)).await,
+        CallbackOutcome::Accepted
+    );
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Success);
     assert_eq!(s.output.unwrap().body.as_ref(), br#"{"answer":42}"#);
-    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":1}"#)), CallbackOutcome::Duplicate);
-    assert_eq!(cp.metrics.callbacks.with_label_values(&["accepted"]).get(), 1);
-    assert_eq!(cp.metrics.callbacks.with_label_values(&["duplicate"]).get(), 1);
+    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":1}"#)).await, CallbackOutcome::Duplicate);
+    assert_eq!(cp.metrics().callbacks.with_label_values(&["accepted"]).get(), 1);
+    assert_eq!(cp.metrics().callbacks.with_label_values(&["duplicate"]).get(), 1);
     while cp.running_drivers() > 0 {
         tokio::task::yield_now().await;
     }
@@ -160,26 +163,26 @@ async fn a_callback_completes_pending_work_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_callback_is_a_function_error() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "remote", json!({"behavior": "pending"}), |_| {}).await;
-    let exec = submit(&cp, "remote", "1");
+    let exec = submit(&cp, "remote", "1").await;
     let r = callback(r#"{"success":false,"error":{"code":"BAD_INPUT","message":"no"}}"#);
-    assert_eq!(cp.complete(&exec, r), CallbackOutcome::Accepted);
+    assert_eq!(cp.complete(&exec, r).await, CallbackOutcome::Accepted);
     let s = exec.snapshot();
     assert_eq!((s.status, s.error.unwrap().code), (Status::Error, "BAD_INPUT".to_string()));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_late_callback_changes_nothing_and_is_counted() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "remote", json!({"behavior": "pending"}), |s| s.timeout_ms = Some(500)).await;
-    let exec = submit(&cp, "remote", "1");
+    let exec = submit(&cp, "remote", "1").await;
     exec.wait_done().await;
-    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":1}"#)), CallbackOutcome::Late);
+    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":1}"#)).await, CallbackOutcome::Late);
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Timeout);
     assert!(s.output.is_none());
-    assert_eq!(cp.metrics.callbacks.with_label_values(&["late"]).get(), 1);
+    assert_eq!(cp.metrics().callbacks.with_label_values(&["late"]).get(), 1);
 }
 
 fn retry_config() -> Config {
@@ -188,16 +191,16 @@ fn retry_config() -> Config {
 
 #[tokio::test(start_paused = true)]
 async fn retryable_failures_are_retried_with_backoff() {
-    let cp = control_plane(retry_config());
+    let cp = control_plane(retry_config()).await;
     let config = json!({"behavior": "fail", "retryable": true, "failAttempts": 2});
     testkit(&cp, "flaky", config, |_| {}).await;
     let started = Instant::now();
-    let exec = submit(&cp, "flaky", r#""x""#);
+    let exec = submit(&cp, "flaky", r#""x""#).await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt), (Status::Success, 3));
     assert_eq!(s.output.unwrap().body.as_ref(), br#""x""#);
-    assert_eq!(cp.metrics.retries.with_label_values(&["flaky"]).get(), 2);
+    assert_eq!(cp.metrics().retries.with_label_values(&["flaky"]).get(), 2);
     // Backoff before attempt 2 is in [50, 100] ms, before attempt 3 in [100, 200] ms.
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(150) && waited <= Duration::from_millis(300), "{waited:?}");
@@ -205,28 +208,28 @@ async fn retryable_failures_are_retried_with_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_stop_at_max_retries() {
-    let cp = control_plane(retry_config());
+    let cp = control_plane(retry_config()).await;
     testkit(&cp, "down", json!({"behavior": "fail", "retryable": true}), |s| s.max_retries = Some(2)).await;
-    let exec = submit(&cp, "down", "1");
+    let exec = submit(&cp, "down", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt), (Status::Error, 3));
     let error = s.error.unwrap();
     assert_eq!(error.code, "ENDPOINT_UNAVAILABLE");
     assert!(error.message.contains("no retries left"), "{}", error.message);
-    assert_eq!(cp.metrics.retries.with_label_values(&["down"]).get(), 2);
+    assert_eq!(cp.metrics().retries.with_label_values(&["down"]).get(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn final_failures_are_not_retried() {
-    let cp = control_plane(retry_config());
+    let cp = control_plane(retry_config()).await;
     testkit(&cp, "broken", json!({"behavior": "fail", "retryable": false, "code": "BAD_CONFIG"}), |_| {}).await;
-    let exec = submit(&cp, "broken", "1");
+    let exec = submit(&cp, "broken", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt, s.error.unwrap().code), (Status::Error, 1, "BAD_CONFIG".to_string()));
     testkit(&cp, "fn-error", json!({"behavior": "function-error"}), |_| {}).await;
-    let exec = submit(&cp, "fn-error", "1");
+    let exec = submit(&cp, "fn-error", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt, s.error.unwrap().code), (Status::Error, 1, "FUNCTION_ERROR".to_string()));
@@ -236,10 +239,10 @@ async fn final_failures_are_not_retried() {
 async fn no_retry_when_the_deadline_leaves_no_time() {
     let config =
         Config { retry_base: Duration::from_secs(10), retry_max: Duration::from_secs(10), ..Config::default() };
-    let cp = control_plane(config);
+    let cp = control_plane(config).await;
     testkit(&cp, "flaky", json!({"behavior": "fail", "retryable": true}), |s| s.timeout_ms = Some(1000)).await;
     let started = Instant::now();
-    let exec = submit(&cp, "flaky", "1");
+    let exec = submit(&cp, "flaky", "1").await;
     exec.wait_done().await;
     assert_eq!(started.elapsed(), Duration::ZERO, "the error comes now instead of a timeout later");
     let s = exec.snapshot();
@@ -249,23 +252,23 @@ async fn no_retry_when_the_deadline_leaves_no_time() {
 
 #[tokio::test(start_paused = true)]
 async fn full_queues_refuse_without_touching_other_functions() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "busy", json!({"behavior": "pending"}), |s| {
         s.concurrency = Some(1);
         s.queue_size = Some(1);
     })
     .await;
     testkit(&cp, "free", json!({}), |_| {}).await;
-    let running = submit(&cp, "busy", "1");
-    let queued = submit(&cp, "busy", "2");
-    match cp.submit("busy", input("3"), SubmitOptions::default()) {
+    let running = submit(&cp, "busy", "1").await;
+    let queued = submit(&cp, "busy", "2").await;
+    match cp.submit("busy", input("3"), SubmitOptions::default()).await {
         Err(SubmitError::Overloaded { concurrency, queue_size, .. }) => assert_eq!((concurrency, queue_size), (1, 1)),
         other => panic!("expected overload, got {:?}", other.map(|a| a.execution().id.clone())),
     }
-    assert_eq!(cp.metrics.rejected.with_label_values(&["busy", "queue_full"]).get(), 1);
-    assert_eq!(cp.store.len(), 2, "the refused request created nothing");
+    assert_eq!(cp.metrics().rejected.with_label_values(&["busy", "queue_full"]).get(), 1);
+    assert_eq!(cp.ledger().len(), 2, "the refused request created nothing");
     let started = Instant::now();
-    let other = submit(&cp, "free", "9");
+    let other = submit(&cp, "free", "9").await;
     other.wait_done().await;
     assert_eq!(other.status(), Status::Success);
     assert_eq!(started.elapsed(), Duration::ZERO, "a saturated function does not delay another");
@@ -274,7 +277,7 @@ async fn full_queues_refuse_without_touching_other_functions() {
 
 #[tokio::test(start_paused = true)]
 async fn no_slot_leaks_after_many_failures() {
-    let cp = control_plane(retry_config());
+    let cp = control_plane(retry_config()).await;
     testkit(&cp, "mixed", json!({"behavior": "pending"}), |s| {
         s.concurrency = Some(2);
         s.queue_size = Some(50);
@@ -282,26 +285,29 @@ async fn no_slot_leaks_after_many_failures() {
     })
     .await;
     for round in 0..5 {
-        let execs: Vec<_> = (0..40).map(|i| submit(&cp, "mixed", &i.to_string())).collect();
+        let mut execs = Vec::new();
+        for i in 0..40 {
+            execs.push(submit(&cp, "mixed", &i.to_string()).await);
+        }
         for e in &execs {
             e.wait_done().await;
             assert_eq!(e.status(), Status::Timeout, "round {round}");
         }
     }
-    let f = cp.registry.get("mixed").unwrap();
+    let f = cp.registry().get("mixed").unwrap();
     while cp.running_drivers() > 0 {
         tokio::task::yield_now().await;
     }
     assert_eq!((f.queue.busy(), f.queue.waiting()), (0, 0));
-    assert_eq!(cp.metrics.in_flight.with_label_values(&["mixed"]).get(), 0);
-    assert_eq!(cp.metrics.queue_depth.with_label_values(&["mixed"]).get(), 0);
+    assert_eq!(cp.metrics().in_flight.with_label_values(&["mixed"]).get(), 0);
+    assert_eq!(cp.metrics().queue_depth.with_label_values(&["mixed"]).get(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_accepted_execution_ends() {
     // A small soak: many executions of every kind at once; each must reach a terminal state by
     // its deadline, and the counters must add up.
-    let cp = control_plane(retry_config());
+    let cp = control_plane(retry_config()).await;
     let behaviours = [
         ("s-echo", json!({})),
         ("s-pending", json!({"behavior": "pending"})),
@@ -321,7 +327,7 @@ async fn every_accepted_execution_ends() {
     let mut execs = Vec::new();
     for i in 0..1000 {
         let (name, _) = &behaviours[i % behaviours.len()];
-        execs.push(submit(&cp, name, &i.to_string()));
+        execs.push(submit(&cp, name, &i.to_string()).await);
     }
     for e in &execs {
         e.wait_done().await;
@@ -331,16 +337,19 @@ async fn every_accepted_execution_ends() {
     let total: u64 = ["success", "error", "timeout", "cancelled"]
         .iter()
         .flat_map(|o| behaviours.iter().map(move |(n, _)| (n, o)))
-        .map(|(n, o)| cp.metrics.invocations.with_label_values(&[n, "testkit", o]).get())
+        .map(|(n, o)| cp.metrics().invocations.with_label_values(&[n, "testkit", o]).get())
         .sum();
     assert_eq!(total, 1000, "every accepted execution was counted once");
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_cancels_and_releases() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "remote", json!({"behavior": "pending"}), |_| {}).await;
-    let execs: Vec<_> = (0..3).map(|i| submit(&cp, "remote", &i.to_string())).collect();
+    let mut execs = Vec::new();
+    for i in 0..3 {
+        execs.push(submit(&cp, "remote", &i.to_string()).await);
+    }
     while execs.iter().any(|e| e.pending().is_none()) {
         tokio::task::yield_now().await;
     }

@@ -22,7 +22,7 @@ async fn run(
     function: &str,
     json: &str,
 ) -> std::sync::Arc<nanofaas::execution::Execution> {
-    let exec = submit(cp, function, json);
+    let exec = submit(cp, function, json).await;
     exec.wait_done().await;
     exec
 }
@@ -50,18 +50,18 @@ async fn wait_gone(pids: &[u32]) {
 
 #[tokio::test]
 async fn json_mode_gets_the_envelope_and_returns_stdout() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     register(&cp, "cat", "local", &["cat"], json!({}), |_| {}).await.unwrap();
     let opts = SubmitOptions::default();
     let input = Input { metadata: vec![("k".into(), "v".into())], ..input(r#"{"x": [1, 2]}"#) };
-    let exec = cp.submit("cat", input, opts).unwrap().execution().clone();
+    let exec = cp.submit("cat", input, opts).await.unwrap().execution().clone();
     exec.wait_done().await;
     assert_eq!(output_json(&exec), json!({"input": {"x": [1, 2]}, "metadata": {"k": "v"}}));
 }
 
 #[tokio::test]
 async fn the_process_sees_execution_context_and_nothing_of_the_host() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let script = r#"printf '{"id":"%s","attempt":"%s","fn":"%s","deadline":"%s","trace":"%s","custom":"%s","home":"%s"}' \
         "$EXECUTION_ID" "$ATTEMPT" "$FUNCTION_NAME" "$DEADLINE_UNIX_MS" "$TRACE_ID" "$CUSTOM" "$HOME""#;
     register(&cp, "env", "local", &["sh", "-c", script], json!({}), |s| {
@@ -71,6 +71,7 @@ async fn the_process_sees_execution_context_and_nothing_of_the_host() {
     .unwrap();
     let exec = cp
         .submit("env", input("1"), SubmitOptions { trace_id: Some("trace-9".into()), ..Default::default() })
+        .await
         .unwrap()
         .execution()
         .clone();
@@ -88,7 +89,7 @@ async fn the_process_sees_execution_context_and_nothing_of_the_host() {
 
 #[tokio::test]
 async fn a_non_zero_exit_is_a_function_error_with_stderr() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     register(&cp, "fail", "local", &["sh", "-c", "echo 'bad input' >&2; exit 3"], json!({}), |_| {}).await.unwrap();
     let exec = run(&cp, "fail", "1").await;
     let s = exec.snapshot();
@@ -101,11 +102,11 @@ async fn a_non_zero_exit_is_a_function_error_with_stderr() {
 
 #[tokio::test]
 async fn raw_mode_passes_bytes_through() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let config = json!({"mode": "raw", "outputContentType": "text/plain"});
     register(&cp, "upper", "local", &["tr", "a-z", "A-Z"], config, |_| {}).await.unwrap();
     let input = Input { content_type: "application/octet-stream".into(), body: "hello\n".into(), metadata: vec![] };
-    let exec = cp.submit("upper", input, SubmitOptions::default()).unwrap().execution().clone();
+    let exec = cp.submit("upper", input, SubmitOptions::default()).await.unwrap().execution().clone();
     exec.wait_done().await;
     let out = exec.snapshot().output.unwrap();
     assert_eq!((out.content_type.as_str(), out.body.as_ref()), ("text/plain", b"HELLO\n".as_ref()));
@@ -113,7 +114,7 @@ async fn raw_mode_passes_bytes_through() {
 
 #[tokio::test]
 async fn output_over_the_bound_is_an_error_not_a_truncated_result() {
-    let cp = control_plane(Config { max_output_bytes: 1000, ..Config::default() });
+    let cp = control_plane(Config { max_output_bytes: 1000, ..Config::default() }).await;
     register(&cp, "chatty", "local", &["yes"], json!({"mode": "raw"}), |_| {}).await.unwrap();
     let exec = run(&cp, "chatty", "1").await;
     let s = exec.snapshot();
@@ -129,9 +130,9 @@ async fn a_timed_out_process_group_is_killed_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
     let script = format!("echo $$ >> {0}; sleep 30 & echo $! >> {0}; wait", pids.display());
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     register(&cp, "stuck", "local", &["sh", "-c", &script], json!({}), |s| s.timeout_ms = Some(60_000)).await.unwrap();
-    let exec = submit(&cp, "stuck", "1");
+    let exec = submit(&cp, "stuck", "1").await;
     // Real time until the function and its child run; then the host clock is paused, so the
     // deadline is reached exactly, with nothing else happening in between.
     while read_pids(&pids).len() < 2 {
@@ -148,7 +149,7 @@ async fn a_timed_out_process_group_is_killed_at_the_deadline() {
     assert_eq!(exec.status(), Status::Timeout);
     tokio::time::resume();
     wait_gone(&started).await;
-    assert_eq!(cp.plugins.capabilities().process.as_ref().unwrap().tracked(), 0, "the table forgot them");
+    assert_eq!(cp.plugins().capabilities().process.as_ref().unwrap().tracked(), 0, "the table forgot them");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,14 +157,17 @@ async fn no_process_survives_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
     let script = format!("echo $$ >> {0}; sleep 30 & echo $! >> {0}; sleep 30", pids.display());
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     register(&cp, "stuck", "local", &["sh", "-c", &script], json!({}), |s| {
         s.timeout_ms = Some(1500);
         s.concurrency = Some(20);
     })
     .await
     .unwrap();
-    let execs: Vec<_> = (0..20).map(|i| submit(&cp, "stuck", &i.to_string())).collect();
+    let mut execs = Vec::new();
+    for i in 0..20 {
+        execs.push(submit(&cp, "stuck", &i.to_string()).await);
+    }
     for e in &execs {
         e.wait_done().await;
         assert_eq!(e.status(), Status::Timeout);
@@ -178,9 +182,12 @@ async fn concurrency_limit_holds_with_real_processes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let script = format!("echo start >> {0}; sleep 0.3; echo end >> {0}", log.display());
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     register(&cp, "limited", "local", &["sh", "-c", &script], json!({}), |s| s.concurrency = Some(2)).await.unwrap();
-    let execs: Vec<_> = (0..6).map(|i| submit(&cp, "limited", &i.to_string())).collect();
+    let mut execs = Vec::new();
+    for i in 0..6 {
+        execs.push(submit(&cp, "limited", &i.to_string()).await);
+    }
     for e in &execs {
         e.wait_done().await;
         assert_eq!(e.status(), Status::Success);
@@ -196,7 +203,7 @@ async fn concurrency_limit_holds_with_real_processes() {
 
 #[tokio::test]
 async fn registration_checks_what_the_host_can_run() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let refused = |r: Result<(), RegisterError>| match r {
         Err(RegisterError::Refused { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
@@ -214,10 +221,10 @@ async fn registration_checks_what_the_host_can_run() {
 
 #[tokio::test]
 async fn local_execution_can_be_switched_off() {
-    let cp = control_plane(Config { local_exec: false, ..Config::default() });
+    let cp = control_plane(Config { local_exec: false, ..Config::default() }).await;
     match register(&cp, "a", "local", &["sh"], json!({}), |_| {}).await {
         Err(RegisterError::Refused { reason, .. }) => assert!(reason.contains("--no-local-exec"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(cp.plugins.capabilities().process.is_none());
+    assert!(cp.plugins().capabilities().process.is_none());
 }

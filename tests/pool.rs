@@ -79,14 +79,14 @@ async fn pool(cp: &ControlPlane, name: &str, url: &str, tweak: impl FnOnce(&mut 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn success_posts_the_envelope_with_headers() {
     let (base, _) = endpoint().await;
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "ok", &format!("{base}/ok"), |_| {}).await;
     let opts = nanofaas::control_plane::SubmitOptions {
         trace_id: Some("t-1".into()),
         idempotency_key: Some("key-1".into()),
         ..Default::default()
     };
-    let exec = cp.submit("ok", input(r#"{"n": 1}"#), opts).unwrap().execution().clone();
+    let exec = cp.submit("ok", input(r#"{"n": 1}"#), opts).await.unwrap().execution().clone();
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Success, "{:?}", s.error);
@@ -102,9 +102,9 @@ async fn success_posts_the_envelope_with_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_type_of_the_response_is_kept() {
     let (base, _) = endpoint().await;
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "text", &format!("{base}/text"), |_| {}).await;
-    let exec = submit(&cp, "text", "1");
+    let exec = submit(&cp, "text", "1").await;
     exec.wait_done().await;
     let out = exec.snapshot().output.unwrap();
     assert_eq!((out.content_type.as_str(), out.body.as_ref()), ("text/plain", b"plain words".as_ref()));
@@ -113,9 +113,9 @@ async fn content_type_of_the_response_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_then_reported() {
     let (base, _) = endpoint().await;
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "boom", &format!("{base}/boom"), |s| s.max_retries = Some(2)).await;
-    let exec = submit(&cp, "boom", "1");
+    let exec = submit(&cp, "boom", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt), (Status::Error, 3));
@@ -128,9 +128,9 @@ async fn server_errors_are_retried_then_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_errors_are_the_functions_own() {
     let (base, _) = endpoint().await;
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "missing", &format!("{base}/missing"), |_| {}).await;
-    let exec = submit(&cp, "missing", "1");
+    let exec = submit(&cp, "missing", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt), (Status::Error, 1), "not retried");
@@ -143,9 +143,9 @@ async fn client_errors_are_the_functions_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_backoff_are_visible_in_attempts() {
     let (base, seen) = endpoint().await;
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "flaky", &format!("{base}/flaky"), |_| {}).await;
-    let exec = submit(&cp, "flaky", "1");
+    let exec = submit(&cp, "flaky", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt), (Status::Success, 3));
@@ -153,7 +153,7 @@ async fn retries_with_backoff_are_visible_in_attempts() {
     let numbers: Vec<&str> = attempts.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(numbers, ["1", "2", "3"]);
     assert!(attempts.iter().all(|(_, key)| *key == exec.id), "one Idempotency-Key across attempts");
-    assert_eq!(cp.metrics.retries.with_label_values(&["flaky"]).get(), 2);
+    assert_eq!(cp.metrics().retries.with_label_values(&["flaky"]).get(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,9 +162,9 @@ async fn a_refused_connection_is_retryable_unavailability() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "gone", &format!("http://127.0.0.1:{port}/x"), |s| s.max_retries = Some(1)).await;
-    let exec = submit(&cp, "gone", "1");
+    let exec = submit(&cp, "gone", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!((s.status, s.attempt), (Status::Error, 2));
@@ -174,22 +174,22 @@ async fn a_refused_connection_is_retryable_unavailability() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_times_out_at_the_deadline_and_the_request_is_dropped() {
     let (base, _) = endpoint().await;
-    let cp = control_plane(fast_retries());
+    let cp = control_plane(fast_retries()).await;
     pool(&cp, "slow", &format!("{base}/slow"), |s| s.timeout_ms = Some(300)).await;
     let started = tokio::time::Instant::now();
-    let exec = submit(&cp, "slow", "1");
+    let exec = submit(&cp, "slow", "1").await;
     exec.wait_done().await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(exec.status(), Status::Timeout);
     while cp.running_drivers() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(cp.plugins.capabilities().http.tracked(), 0, "the in-flight request was aborted");
+    assert_eq!(cp.plugins().capabilities().http.tracked(), 0, "the in-flight request was aborted");
 }
 
 #[tokio::test]
 async fn destinations_outside_the_allow_list_are_refused_at_registration() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let result =
         register(&cp, "far", "pool", &[], json!({}), |s| s.endpoint_url = Some("http://10.1.2.3:80/".into())).await;
     match result {
@@ -201,7 +201,7 @@ async fn destinations_outside_the_allow_list_are_refused_at_registration() {
     let result = register(&cp, "none", "pool", &[], json!({}), |_| {}).await;
     assert!(matches!(result, Err(RegisterError::Refused { .. })), "an endpoint is required");
     // The operator can widen the list.
-    let cp = control_plane(Config { http_allow: vec!["10.0.0.0/8".into()], ..Config::default() });
+    let cp = control_plane(Config { http_allow: vec!["10.0.0.0/8".into()], ..Config::default() }).await;
     register(&cp, "far", "pool", &[], json!({}), |s| s.endpoint_url = Some("http://10.1.2.3:80/".into()))
         .await
         .unwrap();
@@ -211,9 +211,9 @@ async fn destinations_outside_the_allow_list_are_refused_at_registration() {
 async fn destinations_are_enforced_at_call_time_whatever_the_plugin_does() {
     // The testkit plugin asks for any URL it is configured with, without checking it first.
     let (base, _) = endpoint().await;
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "probe-far", json!({"behavior": "http", "url": "http://10.1.2.3/latest"}), |_| {}).await;
-    let exec = submit(&cp, "probe-far", "1");
+    let exec = submit(&cp, "probe-far", "1").await;
     exec.wait_done().await;
     let e = exec.snapshot().error.unwrap();
     assert_eq!(e.code, "HTTP_REFUSED");
@@ -221,25 +221,25 @@ async fn destinations_are_enforced_at_call_time_whatever_the_plugin_does() {
 
     // A name is checked where it resolves: only loopback is allowed here.
     let port = base.rsplit(':').next().unwrap();
-    let cp = control_plane(Config { http_allow: vec!["10.0.0.0/8".into()], ..Config::default() });
+    let cp = control_plane(Config { http_allow: vec!["10.0.0.0/8".into()], ..Config::default() }).await;
     testkit(&cp, "probe-name", json!({"behavior": "http", "url": format!("http://localhost:{port}/ok")}), |_| {}).await;
-    let exec = submit(&cp, "probe-name", "1");
+    let exec = submit(&cp, "probe-name", "1").await;
     exec.wait_done().await;
     assert_eq!(exec.snapshot().error.unwrap().code, "HTTP_REFUSED");
 
     // And a plugin that was not granted `http` gets nothing at all.
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     testkit(&cp, "probe-near", json!({"behavior": "http", "url": format!("{base}/ok")}), |s| {
         s.dispatcher = Some("nogrant".into())
     })
     .await;
-    let exec = submit(&cp, "probe-near", "1");
+    let exec = submit(&cp, "probe-near", "1").await;
     exec.wait_done().await;
     let e = exec.snapshot().error.unwrap();
     assert!(e.message.contains("not granted"), "{}", e.message);
     // With the grant, the same request goes through.
     testkit(&cp, "probe-ok", json!({"behavior": "http", "url": format!("{base}/ok")}), |_| {}).await;
-    let exec = submit(&cp, "probe-ok", "1");
+    let exec = submit(&cp, "probe-ok", "1").await;
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Success, "{:?}", s.error);

@@ -71,12 +71,13 @@ fn report(title: &str, base_name: &str, base: &Measured, host: &Measured, concur
 
 async fn control_plane(config: Config) -> anyhow::Result<ControlPlane> {
     let (catalog, _) = nanofaas::bootstrap::catalog(&config)?;
-    nanofaas::control_plane(config, Arc::new(catalog), "http://127.0.0.1:9".into())
+    let store = Arc::new(nanofaas::store::memory::MemoryStore::new());
+    nanofaas::control_plane(config, Arc::new(catalog), "http://127.0.0.1:9".into(), store).await
 }
 
 async fn invoke(cp: &ControlPlane, function: &str, body: &'static str) -> anyhow::Result<()> {
     let input = Input { content_type: "application/json".into(), body: body.into(), metadata: vec![] };
-    let exec = cp.submit(function, input, SubmitOptions::default())?.execution().clone();
+    let exec = cp.submit(function, input, SubmitOptions::default()).await?.execution().clone();
     exec.wait_done().await;
     anyhow::ensure!(exec.status() == Status::Success, "{:?}", exec.snapshot().error);
     Ok(())

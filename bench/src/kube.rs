@@ -96,7 +96,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     let after = counts(&client, &admin_url).await?;
 
     // 2: callback-to-response. The pod idles; this process posts the callback itself.
-    let key = nanofaas::token::TokenKey::new(Some(SECRET));
+    let key = nanofaas::token::TokenKey::new(SECRET.as_bytes());
     let mut responses = Vec::new();
     for _ in 0..n {
         let known: std::collections::HashSet<String> = seen.lock().unwrap().keys().cloned().collect();

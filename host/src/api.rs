@@ -28,7 +28,7 @@ use crate::control_plane::ControlPlane;
 
 /// The public API.
 pub fn router(cp: ControlPlane) -> Router {
-    let limit = cp.config.max_body_bytes;
+    let limit = cp.config().max_body_bytes;
     Router::new()
         .route("/v1/functions", post(functions::register).get(functions::list))
         .route("/v1/functions/{name}", get(functions::get).delete(functions::delete).post(invoke::action))
@@ -53,7 +53,7 @@ pub fn admin_router(cp: ControlPlane) -> Router {
 }
 
 async fn metrics(State(cp): State<ControlPlane>) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], cp.metrics.render())
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], cp.metrics().render())
 }
 
 async fn ready(State(cp): State<ControlPlane>) -> Response {
@@ -79,8 +79,8 @@ async fn track(State(cp): State<ControlPlane>, request: Request, next: Next) -> 
     let route = route_label(&request);
     let response = next.run(request).await;
     let status = response.status();
-    cp.metrics.http_requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
-    cp.metrics
+    cp.metrics().http_requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
+    cp.metrics()
         .http_duration
         .with_label_values(&[route.as_str(), method.as_str()])
         .observe(started.elapsed().as_secs_f64());

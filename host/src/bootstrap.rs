@@ -30,9 +30,10 @@ pub fn grants(texts: &[String]) -> anyhow::Result<BTreeMap<String, Grants>> {
     texts.iter().filter(|t| !t.trim().is_empty()).map(|t| parse_grant(t).map_err(anyhow::Error::msg)).collect()
 }
 
-/// Registers every function of a YAML (or JSON) list of function specs. Fails on the first
-/// function that cannot be registered, naming it and the reason.
-pub async fn register_file(cp: &ControlPlane, path: &Path) -> anyhow::Result<usize> {
+/// Applies a YAML (or JSON) list of function specs: each is registered, or replaces the
+/// registered function of its name when it differs (the file says what the functions are).
+/// Fails on the first function that cannot be applied, naming it and the reason.
+pub async fn apply_file(cp: &ControlPlane, path: &Path) -> anyhow::Result<usize> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let specs: Vec<serde_json::Value> = serde_yaml::from_str(&text)
         .with_context(|| format!("{} is not a YAML list of function specs", path.display()))?;
@@ -42,7 +43,9 @@ pub async fn register_file(cp: &ControlPlane, path: &Path) -> anyhow::Result<usi
         let spec = FunctionSpec::from_json(&json)
             .map_err(|e| anyhow::anyhow!("{}: function #{}: {e}", path.display(), i + 1))?;
         let name = spec.name.clone();
-        cp.register(spec).await.map_err(|e| anyhow::anyhow!("{}: function `{name}`: {e}", path.display()))?;
+        if cp.apply(spec).await.map_err(|e| anyhow::anyhow!("{}: function `{name}`: {e}", path.display()))? {
+            tracing::info!(function = %name, "function registered from the functions file");
+        }
     }
     Ok(count)
 }

@@ -117,12 +117,14 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// The capabilities a host configured by `config` offers; `wake` reaches its executions.
+    /// The capabilities a host configured by `config` offers; `wake` reaches its executions;
+    /// `journal` records local process groups (with a durable store).
     pub fn new(
         config: &Config,
         wake: Wake,
         metrics: &Metrics,
         cluster: Option<kubernetes::Cluster>,
+        journal: Option<process::Journal>,
     ) -> Result<Self, String> {
         let allow = if config.http_allow.is_empty() {
             http::AllowList::default_list()
@@ -130,7 +132,9 @@ impl Capabilities {
             http::AllowList::parse(&config.http_allow)?
         };
         Ok(Self {
-            process: config.local_exec.then(|| process::ProcessCapability::new(config.max_output_bytes, wake.clone())),
+            process: config
+                .local_exec
+                .then(|| process::ProcessCapability::new(config.max_output_bytes, wake.clone(), journal)),
             http: http::HttpCapability::new(allow, config.max_output_bytes, wake.clone()),
             kubernetes: cluster.map(|c| kubernetes::KubernetesCapability::start(c, metrics.clone(), wake)),
         })
@@ -138,7 +142,8 @@ impl Capabilities {
 
     /// Capabilities that wake nobody and have no cluster (benchmarks, tools).
     pub fn detached(config: &Config) -> Self {
-        Self::new(config, Arc::new(|_: &str| {}), &Metrics::new(), None).expect("a default configuration is valid")
+        Self::new(config, Arc::new(|_: &str| {}), &Metrics::new(), None, None)
+            .expect("a default configuration is valid")
     }
 
     /// Why `cap` cannot be used on this host right now, if it cannot.
@@ -161,6 +166,25 @@ impl Capabilities {
         if let Some(k) = &self.kubernetes {
             k.release_owner(execution_id);
         }
+    }
+
+    /// An execution was handed over to another host process: stop what lives only in this one
+    /// (processes, requests) and forget its Jobs without deleting them (the next driver adopts
+    /// them).
+    pub fn hand_over(&self, execution_id: &str) {
+        if let Some(p) = &self.process {
+            p.release_owner(execution_id);
+        }
+        self.http.release_owner(execution_id);
+        if let Some(k) = &self.kubernetes {
+            k.forget_owner(execution_id);
+        }
+    }
+
+    /// Whether another host process could take the execution's pending work up: it started
+    /// nothing that lives only in this one (a local process, a request in flight).
+    pub fn is_resumable(&self, execution_id: &str) -> bool {
+        !self.process.as_ref().is_some_and(|p| p.owns_any(execution_id)) && !self.http.owns_any(execution_id)
     }
 }
 

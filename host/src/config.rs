@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::store::Location;
+
 /// The defaults, one table. Flags and `Config::default()` both read from here.
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
@@ -45,6 +47,11 @@ pub mod defaults {
     pub const MAX_OUTPUT_BYTES: usize = 6 * 1024 * 1024;
     /// Interval at which a pending execution without its own poll interval is polled anyway.
     pub const SAFETY_POLL_MS: u64 = 30_000;
+    /// How long a replica's lease lasts without renewal (renewed every third of it).
+    pub const LEASE_TTL_MS: u64 = 10_000;
+    /// How often a replica looks for expired leases of others. A dead replica's executions are
+    /// taken over within `LEASE_TTL_MS + LEASE_SCAN_MS`.
+    pub const LEASE_SCAN_MS: u64 = 2_000;
 }
 
 /// The whole configuration of a host.
@@ -61,7 +68,8 @@ pub struct Config {
     /// Base URL that remote runners use to reach this host; callbacks go to
     /// `{callback_url}/v1/internal/executions/{id}:complete`. Default: `http://{listen}`.
     pub callback_url: Option<String>,
-    /// Secret from which per-execution callback tokens are derived. Random per process when unset.
+    /// Secret from which per-execution callback tokens are derived. When unset, the store's
+    /// (generated once and kept; random per process with `memory:`).
     pub callback_secret: Option<String>,
     pub max_body_bytes: usize,
     pub max_timeout: Duration,
@@ -83,6 +91,11 @@ pub struct Config {
     pub kubernetes: bool,
     /// Namespace of the Jobs; default: the kubeconfig context's, else `default`.
     pub kube_namespace: Option<String>,
+    /// Where functions and executions are kept. `nanofaas serve` defaults to an embedded SQLite
+    /// file ([`Location::default_sqlite`]); a `Config` built in code defaults to `memory:`.
+    pub store: Location,
+    pub lease_ttl: Duration,
+    pub lease_scan: Duration,
 }
 
 /// Bounds applied to every plugin call.
@@ -144,6 +157,9 @@ impl Default for Config {
             http_allow: Vec::new(),
             kubernetes: true,
             kube_namespace: None,
+            store: Location::Memory,
+            lease_ttl: Duration::from_millis(defaults::LEASE_TTL_MS),
+            lease_scan: Duration::from_millis(defaults::LEASE_SCAN_MS),
         }
     }
 }
@@ -200,7 +216,7 @@ pub struct ServeArgs {
     /// Base URL remote runners use to reach this host (default: http://LISTEN).
     #[arg(long, env = "NANOFAAS_CALLBACK_URL")]
     pub callback_url: Option<String>,
-    /// Secret for callback tokens (default: random per process, so restarts invalidate tokens).
+    /// Secret for callback tokens (default: one generated once and kept in the store).
     #[arg(long, env = "NANOFAAS_CALLBACK_SECRET", hide_env_values = true)]
     pub callback_secret: Option<String>,
     /// Largest request body, in bytes (larger: 413).
@@ -258,6 +274,17 @@ pub struct ServeArgs {
     /// Namespace of the Jobs (default: the kubeconfig context's, else `default`).
     #[arg(long, env = "NANOFAAS_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
+    /// Where functions and executions are kept: sqlite:PATH (embedded, one host process),
+    /// postgres://USER@HOST/DB (several replicas), or memory: (nothing survives a restart).
+    /// Default: sqlite:$XDG_STATE_HOME/nanofaas/nanofaas.db (else ~/.local/state/…).
+    #[arg(long, env = "NANOFAAS_STORE")]
+    pub store: Option<Location>,
+    /// How long a replica's lease lasts without renewal, in milliseconds.
+    #[arg(long, env = "NANOFAAS_LEASE_TTL_MS", default_value_t = defaults::LEASE_TTL_MS)]
+    pub lease_ttl_ms: u64,
+    /// How often a replica looks for expired leases of others, in milliseconds.
+    #[arg(long, env = "NANOFAAS_LEASE_SCAN_MS", default_value_t = defaults::LEASE_SCAN_MS)]
+    pub lease_scan_ms: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -292,6 +319,9 @@ impl From<ServeArgs> for Config {
             http_allow: a.http_allow,
             kubernetes: !a.no_kubernetes,
             kube_namespace: a.kube_namespace,
+            store: a.store.unwrap_or_else(Location::default_sqlite),
+            lease_ttl: Duration::from_millis(a.lease_ttl_ms.max(300)),
+            lease_scan: Duration::from_millis(a.lease_scan_ms.max(100)),
         }
     }
 }
@@ -311,6 +341,10 @@ mod tests {
         assert_eq!(config.max_body_bytes, default.max_body_bytes);
         assert_eq!(config.plugin.memory_bytes, default.plugin.memory_bytes);
         assert_eq!(config.plugin.call_timeout, default.plugin.call_timeout);
+        assert_eq!(config.lease_ttl, default.lease_ttl);
+        // The command line keeps state by default; a config built in code does not.
+        assert_eq!(config.store, Location::default_sqlite());
+        assert_eq!(default.store, Location::Memory);
     }
 
     #[test]
@@ -326,6 +360,8 @@ mod tests {
             "mine=http",
             "--grant",
             "other=process",
+            "--store",
+            "memory:",
         ])
         .expect("parses");
         let Command::Serve(args) = cli.command else { panic!("serve expected") };
@@ -333,6 +369,8 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.max_body_bytes, 10);
         assert_eq!(config.grants, ["mine=http", "other=process"]);
+        assert_eq!(config.store, Location::Memory);
+        assert!(Cli::try_parse_from(["nanofaas", "serve", "--store", "mysql://x"]).is_err());
     }
 
     #[test]

@@ -1,53 +1,42 @@
-//! The control plane: the one shared handle that owns functions, executions and plugins.
+//! The control plane: what the HTTP API (and the host's own loops) call.
 //!
-//! [`ControlPlane`] is a cheap clone (an `Arc`) handed to the HTTP handlers and to every
-//! execution's driver. It is where requests become executions: registration (host checks, then
-//! the plugin's `validate`), admission (before an execution exists, so a refusal loses nothing),
-//! idempotent re-attachment, completion callbacks, and the single place where an execution is
-//! finished (metrics, retention and logs happen there and nowhere else).
+//! [`ControlPlane`] is a cheap clone (an `Arc`) over the function registry, the [`Ledger`] of
+//! executions and the [`Dispatcher`] that drives them. Requests become executions here:
+//! registration (host checks, then the plugin's `validate`, then the store), admission (before
+//! an execution exists, so a refusal loses nothing), idempotent re-attachment, completion
+//! callbacks. Executions are driven by `dispatch`, which depends on the ledger and the plugins,
+//! never on this module.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
-
-use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
+use std::time::Duration;
 
 use crate::capability::kubernetes::Cluster;
+use crate::capability::process::Journal;
 use crate::capability::{Capabilities, Wake};
 use crate::config::Config;
-use crate::execution::{
-    Attach, ErrorInfo, ErrorKind, Execution, ExecutionStore, Finish, FinishedBy, IdempotencyConflict, Input, Status,
-    fingerprint,
-};
+use crate::dispatch::{Dispatcher, RetryPolicy, Start};
+use crate::execution::{ErrorInfo, ErrorKind, Execution, Finish, FinishedBy, Input, Output, Status};
 use crate::function::{Function, FunctionSpec, Registry, SpecError};
+use crate::ledger::{Accepted, Ledger, Restore, Retention};
 use crate::metrics::Metrics;
-use crate::plugin::{Catalog, Invocation, Output, PluginFault, Plugins, unix_ms};
-use crate::queue::{FunctionQueue, Overload};
+use crate::plugin::{Catalog, Invocation, PluginFault, Plugins};
+use crate::queue::FunctionQueue;
+use crate::store::{Store, StoreError};
 use crate::token::TokenKey;
+
+pub use crate::ledger::{Attach, IdempotencyConflict, SubmitError, SubmitOptions, new_trace_id};
 
 #[derive(Clone)]
 pub struct ControlPlane(Arc<Inner>);
 
 pub struct Inner {
-    pub config: Config,
-    pub registry: Registry,
-    pub store: Arc<ExecutionStore>,
-    pub plugins: Plugins,
-    pub metrics: Metrics,
-    tokens: TokenKey,
-    /// Base URL for callbacks, e.g. `http://10.0.0.1:8080`.
-    callback_base: String,
+    config: Config,
+    registry: Arc<Registry>,
+    ledger: Arc<Ledger>,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Metrics,
     ready: AtomicBool,
-    drivers: TaskTracker,
-}
-
-impl std::ops::Deref for ControlPlane {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
 }
 
 /// Why a function could not be registered.
@@ -68,26 +57,19 @@ pub enum RegisterError {
     /// The name is taken.
     #[error("function `{0}` already exists")]
     Conflict(String),
+    /// The store could not record the function.
+    #[error("the function could not be recorded: {0}")]
+    Store(#[from] StoreError),
 }
 
-/// Why an invocation was not accepted. Nothing was created in any of these cases.
+/// Why a control plane could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error("function `{0}` not found")]
-    UnknownFunction(String),
-    #[error("function `{function}` is at capacity: {concurrency} running and {queue_size} queued")]
-    Overloaded { function: String, concurrency: u32, queue_size: u32 },
+pub enum ControlPlaneError {
+    /// A capability setting is invalid (an allow-list entry).
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
-    Idempotency(#[from] IdempotencyConflict),
-}
-
-/// What a caller asks for, besides the input.
-#[derive(Clone, Debug, Default)]
-pub struct SubmitOptions {
-    pub trace_id: Option<String>,
-    pub idempotency_key: Option<String>,
-    /// Narrows the function's timeout (never widens it).
-    pub timeout: Option<Duration>,
+    Store(#[from] StoreError),
 }
 
 /// The body of a completion callback.
@@ -129,187 +111,244 @@ impl CallbackOutcome {
     }
 }
 
+/// What a control plane is built from.
+pub struct Parts {
+    pub config: Config,
+    pub catalog: Arc<Catalog>,
+    /// The URL remote runners use to reach this host.
+    pub callback_base: String,
+    pub cluster: Option<Cluster>,
+    pub store: Arc<dyn Store>,
+    /// This host process's id in the store.
+    pub replica: String,
+    /// This machine's id ([`crate::capability::process::machine_id`]).
+    pub machine: String,
+}
+
 impl ControlPlane {
-    /// A control plane with the plugins of `catalog`; `callback_base` is the URL remote runners
-    /// use to reach this host. Fails on an invalid capability setting (an allow-list entry).
-    pub fn new(
-        config: Config,
-        catalog: Arc<Catalog>,
-        callback_base: String,
-        cluster: Option<Cluster>,
-    ) -> Result<Self, String> {
+    /// A control plane over `parts`. The callback secret is the configured one, else the
+    /// store's (generated once and kept, so tokens survive restarts and hold across replicas).
+    pub async fn new(parts: Parts) -> Result<Self, ControlPlaneError> {
+        let Parts { config, catalog, callback_base, cluster, store, replica, machine } = parts;
         let metrics = Metrics::new();
-        let store = Arc::new(ExecutionStore::new(
-            config.execution_retention,
-            config.max_retained_executions,
-            config.idempotency_ttl,
-            metrics.clone(),
-        ));
+        let secret = match config.callback_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => s.as_bytes().to_vec(),
+            None => store.secret().await?,
+        };
+        let registry = Arc::new(Registry::default());
+        let restore: Restore = {
+            let (registry, metrics, shared) = (registry.clone(), metrics.clone(), store.info().shared);
+            Arc::new(move |spec: &FunctionSpec| build_function(&registry, &metrics, shared, spec.clone()))
+        };
+        let retention = Retention {
+            executions: config.execution_retention,
+            max_executions: config.max_retained_executions,
+            keys: config.idempotency_ttl,
+        };
+        let journal = store.info().durable.then(|| Journal { store: store.clone(), replica: replica.clone(), machine });
+        let ledger = Arc::new(Ledger::new(store, replica, retention, metrics.clone(), restore));
         let wake: Wake = {
-            let store = Arc::downgrade(&store);
+            let ledger = Arc::downgrade(&ledger);
             Arc::new(move |id: &str| {
-                if let Some(exec) = store.upgrade().and_then(|s| s.get(id)) {
+                if let Some(exec) = ledger.upgrade().and_then(|l| l.get(id)) {
                     exec.wake();
                 }
             })
         };
-        let caps = Arc::new(Capabilities::new(&config, wake, &metrics, cluster)?);
-        let plugins = Plugins::new(catalog, config.plugin.clone(), caps, metrics.clone());
-        let tokens = TokenKey::new(config.callback_secret.as_deref());
-        Ok(Self(Arc::new(Inner {
-            config,
-            registry: Registry::default(),
-            store,
+        let capabilities =
+            Capabilities::new(&config, wake, &metrics, cluster, journal).map_err(ControlPlaneError::Config)?;
+        let plugins = Plugins::new(catalog, config.plugin.clone(), Arc::new(capabilities), metrics.clone());
+        let dispatcher = Arc::new(Dispatcher::new(
             plugins,
-            metrics,
-            tokens,
+            ledger.clone(),
+            RetryPolicy::of(&config),
+            config.plugin.safety_poll,
+            TokenKey::new(&secret),
             callback_base,
-            ready: AtomicBool::new(false),
-            drivers: TaskTracker::new(),
-        })))
+        ));
+        Ok(Self(Arc::new(Inner { config, registry, ledger, dispatcher, metrics, ready: AtomicBool::new(false) })))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.0.ledger
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.0.dispatcher
+    }
+
+    pub fn plugins(&self) -> &Plugins {
+        self.0.dispatcher.plugins()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        self.0.ledger.store()
     }
 
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+        self.0.ready.store(ready, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.0.ready.load(Ordering::Acquire)
     }
 
     /// Names of the loaded plugins.
     pub fn dispatchers(&self) -> Vec<String> {
-        self.plugins.catalog().names().map(str::to_string).collect()
+        self.plugins().catalog().names().map(str::to_string).collect()
     }
 
-    /// Registers a function: host checks, defaults, then the plugin's `validate`.
-    pub async fn register(&self, spec: FunctionSpec) -> Result<FunctionSpec, RegisterError> {
-        let spec = spec.resolve(self.config.max_timeout)?;
+    /// Resolves and validates a spec: host checks, defaults, then the plugin's `validate`.
+    async fn validate(&self, spec: FunctionSpec) -> Result<FunctionSpec, RegisterError> {
+        let spec = spec.resolve(self.0.config.max_timeout)?;
         let dispatcher = spec.dispatcher.clone().expect("resolve sets the dispatcher");
-        let Some(plugin) = self.plugins.get(&dispatcher).cloned() else {
+        let Some(plugin) = self.plugins().get(&dispatcher).cloned() else {
             return Err(RegisterError::UnknownDispatcher { name: dispatcher, available: self.dispatchers() });
         };
-        if self.registry.get(&spec.name).is_some() {
-            return Err(RegisterError::Conflict(spec.name));
-        }
-        let view = Arc::new(spec.view());
-        if let Err(reason) = self.plugins.validate(&plugin, &view).await? {
+        if let Err(reason) = self.plugins().validate(&plugin, &spec.view()).await? {
             return Err(RegisterError::Refused { plugin: dispatcher, reason });
         }
-        let queue = FunctionQueue::new(
-            &spec.name,
-            spec.concurrency.expect("resolved"),
-            spec.queue_size.expect("resolved"),
-            &self.metrics,
-        );
-        let function = Arc::new(Function { spec: spec.clone(), view, plugin, queue });
-        if !self.registry.insert(function) {
-            return Err(RegisterError::Conflict(spec.name));
-        }
-        tracing::info!(function = %spec.name, dispatcher = %dispatcher, "function registered");
         Ok(spec)
     }
 
-    /// Removes a function. Its executions in flight finish normally.
-    pub fn unregister(&self, name: &str) -> Option<Arc<Function>> {
-        let removed = self.registry.remove(name);
-        if removed.is_some() {
-            tracing::info!(function = name, "function deleted");
+    /// Registers a function: validation, then the store (which refuses a taken name across
+    /// replicas), then this host's registry.
+    pub async fn register(&self, spec: FunctionSpec) -> Result<FunctionSpec, RegisterError> {
+        let spec = self.validate(spec).await?;
+        if self.registry().get(&spec.name).is_some() || !self.store().create_function(&spec).await? {
+            return Err(RegisterError::Conflict(spec.name));
         }
-        removed
+        let function = self.function_of(spec.clone());
+        if !self.registry().insert(function) {
+            return Err(RegisterError::Conflict(spec.name));
+        }
+        tracing::info!(function = %spec.name, dispatcher = spec.dispatcher.as_deref().unwrap_or(""), "function registered");
+        Ok(spec)
     }
 
-    /// Accepts an invocation: re-attaches by idempotency key, or admits and starts a new
-    /// execution. Returns only once the execution exists (so its status is queryable).
-    pub fn submit(&self, function: &str, input: Input, opts: SubmitOptions) -> Result<Attach, SubmitError> {
-        let f = self.registry.get(function).ok_or_else(|| SubmitError::UnknownFunction(function.to_string()))?;
-        let timeout = opts.timeout.map_or(f.timeout(), |t| t.min(f.timeout()));
-        let mut admitted = None;
-        let key = opts.idempotency_key.as_deref().map(|k| (k, fingerprint(&input)));
-        let attach = self.store.attach_or_create(function, key, || {
-            let admission = f.queue.admit().map_err(|Overload::QueueFull { concurrency, queue_size }| {
-                SubmitError::Overloaded { function: function.to_string(), concurrency, queue_size }
-            })?;
-            let exec = Arc::new(Execution::new(
-                uuid::Uuid::new_v4().to_string(),
-                f.clone(),
-                opts.trace_id.clone().unwrap_or_else(new_trace_id),
-                opts.idempotency_key.clone(),
-                input,
-                Instant::now() + timeout,
-                unix_ms(SystemTime::now()) + timeout.as_millis() as u64,
-            ));
-            admitted = Some(admission);
-            Ok(exec)
-        })?;
-        let attach = match attach {
-            Ok(attach) => attach,
-            Err(e) => {
-                if let SubmitError::Overloaded { .. } = &e {
-                    self.metrics.rejected.with_label_values(&[function, "queue_full"]).inc();
-                }
-                return Err(e);
-            }
-        };
-        if let (Attach::New(exec), Some(admission)) = (&attach, admitted) {
-            tracing::debug!(execution_id = %exec.id, function, trace_id = %exec.trace_id, "execution accepted");
-            self.drivers.spawn(crate::dispatch::drive(self.clone(), exec.clone(), admission));
+    /// Registers or replaces a function (the functions file at start). Returns whether anything
+    /// changed.
+    pub async fn apply(&self, spec: FunctionSpec) -> Result<bool, RegisterError> {
+        let spec = self.validate(spec).await?;
+        if self.registry().get(&spec.name).is_some_and(|f| f.spec == spec) {
+            return Ok(false);
         }
-        Ok(attach)
+        self.store().put_function(&spec).await?;
+        self.registry().put(self.function_of(spec));
+        Ok(true)
+    }
+
+    /// Removes a function. Its executions in flight finish normally.
+    pub async fn unregister(&self, name: &str) -> Result<Option<Arc<Function>>, StoreError> {
+        let stored = self.store().delete_function(name).await?;
+        let removed = self.registry().remove(name);
+        if removed.is_some() || (stored && self.store().info().durable) {
+            tracing::info!(function = name, "function deleted");
+        }
+        Ok(removed)
+    }
+
+    /// Loads every function the store holds (at start), without calling plugins: they were
+    /// validated when they were registered. A function whose plugin is not loaded stays
+    /// registered; its invocations fail with `PLUGIN_UNAVAILABLE`.
+    pub async fn load_functions(&self) -> Result<usize, StoreError> {
+        let specs = self.store().functions().await?;
+        for spec in &specs {
+            self.warn_if_unavailable(spec);
+            self.registry().put(self.function_of(spec.clone()));
+        }
+        Ok(specs.len())
+    }
+
+    /// Re-reads one function from the store (another replica changed it).
+    pub async fn reload_function(&self, name: &str) -> Result<(), StoreError> {
+        match self.store().function(name).await? {
+            Some(spec) => {
+                if self.registry().get(name).is_none_or(|f| f.spec != spec) {
+                    self.warn_if_unavailable(&spec);
+                    self.registry().put(self.function_of(spec));
+                }
+            }
+            None => {
+                self.registry().remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads every function from the store.
+    pub async fn reload_functions(&self) -> Result<(), StoreError> {
+        let specs = self.store().functions().await?;
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        for f in self.registry().list() {
+            if !names.iter().any(|n| n == f.name()) {
+                self.registry().remove(f.name());
+            }
+        }
+        for spec in specs {
+            if self.registry().get(&spec.name).is_none_or(|f| f.spec != spec) {
+                self.registry().put(self.function_of(spec));
+            }
+        }
+        Ok(())
+    }
+
+    fn warn_if_unavailable(&self, spec: &FunctionSpec) {
+        let dispatcher = spec.dispatcher.as_deref().unwrap_or_default();
+        if self.plugins().get(dispatcher).is_none() {
+            tracing::warn!(function = %spec.name, dispatcher, "the function's dispatcher is not loaded; its invocations will fail");
+        }
+    }
+
+    /// A new function object for a resolved spec (with a queue of its own).
+    fn function_of(&self, spec: FunctionSpec) -> Arc<Function> {
+        let queue = new_queue(&spec, &self.0.metrics, self.store().info().shared);
+        Arc::new(Function::new(spec, queue))
+    }
+
+    /// Accepts an invocation: re-attaches by idempotency key, or admits, records and starts a
+    /// new execution. Returns only once the execution exists (so its status is queryable) and,
+    /// for an asynchronous one on a durable store, once it is recorded.
+    pub async fn submit(&self, function: &str, input: Input, opts: SubmitOptions) -> Result<Attach, SubmitError> {
+        let f = self.registry().get(function).ok_or_else(|| SubmitError::UnknownFunction(function.to_string()))?;
+        Ok(match self.0.ledger.accept(&f, input, opts).await? {
+            Accepted::New(exec, admission) => {
+                self.0.dispatcher.spawn(exec.clone(), admission, Start::Fresh);
+                Attach::New(exec)
+            }
+            Accepted::Existing(exec) => Attach::Existing(exec),
+        })
     }
 
     /// The invocation record plugins get for an attempt.
     pub fn invocation(&self, exec: &Execution, attempt: u32) -> Invocation {
-        Invocation {
-            execution_id: exec.id.clone(),
-            attempt,
-            function: exec.function.view.clone(),
-            content_type: exec.input.content_type.clone(),
-            metadata: exec.input.metadata.clone(),
-            trace_id: exec.trace_id.clone(),
-            idempotency_key: exec.idempotency_key.clone(),
-            deadline_unix_ms: exec.deadline_unix_ms,
-            remaining_ms: exec.deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
-            callback_url: Some(format!("{}/v1/internal/executions/{}:complete", self.callback_base, exec.id)),
-            callback_token: self.tokens.token(&exec.id),
-        }
+        self.0.dispatcher.invocation(exec, attempt)
     }
 
     /// Whether `token` authenticates callbacks for execution `id`.
     pub fn verify_token(&self, id: &str, token: &str) -> bool {
-        self.tokens.verify(id, token)
+        self.0.dispatcher.verify_token(id, token)
     }
 
-    /// Ends an execution: the one place where terminal states are recorded, counted and logged.
-    pub fn finish(&self, exec: &Execution, finish: Finish, by: FinishedBy) -> bool {
-        if !exec.finish(finish, by) {
-            return false;
-        }
-        let snapshot = exec.snapshot();
-        let function = exec.function.name();
-        let outcome = snapshot.status.as_str();
-        self.metrics.invocations.with_label_values(&[function, exec.function.dispatcher(), outcome]).inc();
-        let elapsed = SystemTime::now().duration_since(exec.accepted_at).unwrap_or_default();
-        self.metrics
-            .invocation_duration
-            .with_label_values(&[function, exec.function.dispatcher(), outcome])
-            .observe(elapsed.as_secs_f64());
-        if snapshot.status == Status::Timeout {
-            self.metrics.timeouts.with_label_values(&[function]).inc();
-        }
-        match &snapshot.error {
-            None => tracing::info!(execution_id = %exec.id, function, trace_id = %exec.trace_id,
-                attempt = snapshot.attempt, status = outcome, "execution finished"),
-            Some(ErrorInfo { code, message }) => tracing::info!(execution_id = %exec.id, function,
-                trace_id = %exec.trace_id, attempt = snapshot.attempt, status = outcome, code, message,
-                "execution finished"),
-        }
-        self.store.finished(&exec.id);
-        true
+    /// Ends an execution (see [`Ledger::finish`]).
+    pub async fn finish(&self, exec: &Execution, finish: Finish, by: FinishedBy) -> bool {
+        self.0.ledger.finish(exec, finish, by).await
     }
 
     /// Applies a completion callback whose token was already checked.
-    pub fn complete(&self, exec: &Execution, result: CallbackResult) -> CallbackOutcome {
+    pub async fn complete(&self, exec: &Execution, result: CallbackResult) -> CallbackOutcome {
         let finish = if result.success {
             let body = result.output.map_or_else(|| "null".to_string(), |raw| raw.get().to_string());
             Finish::Success(Output { content_type: "application/json".into(), body: body.into() })
@@ -323,7 +362,7 @@ impl ControlPlane {
                 },
             }
         };
-        let outcome = if self.finish(exec, finish, FinishedBy::Callback) {
+        let outcome = if self.finish(exec, finish, FinishedBy::Callback).await {
             CallbackOutcome::Accepted
         } else {
             match exec.status() {
@@ -331,7 +370,7 @@ impl ControlPlane {
                 _ => CallbackOutcome::Duplicate,
             }
         };
-        self.metrics.callbacks.with_label_values(&[outcome.as_str()]).inc();
+        self.0.metrics.callbacks.with_label_values(&[outcome.as_str()]).inc();
         if outcome != CallbackOutcome::Accepted {
             tracing::info!(execution_id = %exec.id, outcome = outcome.as_str(), "callback ignored");
         }
@@ -340,31 +379,49 @@ impl ControlPlane {
 
     /// Counts a callback refused for its token.
     pub fn callback_rejected(&self) {
-        self.metrics.callbacks.with_label_values(&["rejected"]).inc();
+        self.0.metrics.callbacks.with_label_values(&["rejected"]).inc();
     }
 
-    /// Cancels every execution still running and waits (up to `grace`) for their plugins to
-    /// release pending work.
+    /// Stops driving: with a durable store, unfinished executions are handed over (the next host
+    /// process, or another replica, takes them up); the rest are cancelled. Waits (up to
+    /// `grace`) for the drivers to release what they hold.
     pub async fn shutdown(&self, grace: Duration) {
         self.set_ready(false);
-        for exec in self.store.active() {
-            self.finish(&exec, Finish::Cancelled("the host is shutting down".into()), FinishedBy::Cancel);
+        let handed = self.0.ledger.hand_over("the host is shutting down").await;
+        if handed > 0 {
+            tracing::info!(count = handed, "unfinished executions handed over");
         }
-        self.drivers.close();
-        if tokio::time::timeout(grace, self.drivers.wait()).await.is_err() {
+        if !self.0.dispatcher.wait(grace).await {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown: some executions did not release in time");
+        }
+        if let Err(e) = self.store().leave(self.0.ledger.replica()).await {
+            tracing::warn!(error = %e, "cannot end this replica's lease");
         }
     }
 
     /// Drivers still running (for tests and diagnostics).
     pub fn running_drivers(&self) -> usize {
-        self.drivers.len()
+        self.0.dispatcher.running()
     }
 }
 
-/// A new trace id: 32 lower-case hex digits (W3C trace-id shaped).
-pub fn new_trace_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// A function for `spec` admitted through the registered function of the same name (so
+/// executions taken up from the store share its concurrency), else through a queue of its own.
+fn build_function(registry: &Registry, metrics: &Metrics, shared: bool, spec: FunctionSpec) -> Arc<Function> {
+    let queue = match registry.get(&spec.name) {
+        Some(f) => f.queue.clone(),
+        None => new_queue(&spec, metrics, shared),
+    };
+    Arc::new(Function::new(spec, queue))
+}
+
+fn new_queue(spec: &FunctionSpec, metrics: &Metrics, shared: bool) -> Arc<FunctionQueue> {
+    let (concurrency, queue_size) = (spec.concurrency.expect("resolved"), spec.queue_size.expect("resolved"));
+    if shared {
+        FunctionQueue::shared(&spec.name, concurrency, queue_size, metrics)
+    } else {
+        FunctionQueue::new(&spec.name, concurrency, queue_size, metrics)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{FunctionView, Plugin};
 use crate::queue::FunctionQueue;
 
 /// Defaults of nanofaas v1.
@@ -253,23 +252,46 @@ impl FunctionSpec {
     }
 }
 
-/// A registered function.
+/// A function as plugins see it (the WIT `function-spec`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FunctionView {
+    pub name: String,
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub timeout_ms: u64,
+    pub endpoint_url: Option<String>,
+    /// `dispatcherConfig` as JSON object text.
+    pub config: String,
+}
+
+/// A function as executions see it: the resolved spec they were accepted with, and the
+/// admission queue of its name. It names its dispatcher plugin but does not hold it, so
+/// functions and executions do not depend on the plugin runtime.
 pub struct Function {
     /// The resolved spec, as shown by the API.
     pub spec: FunctionSpec,
     /// What plugins see.
     pub view: Arc<FunctionView>,
-    pub plugin: Arc<Plugin>,
     pub queue: Arc<FunctionQueue>,
 }
 
 impl Function {
+    /// A function of a resolved spec, admitted through `queue`.
+    pub fn new(spec: FunctionSpec, queue: Arc<FunctionQueue>) -> Self {
+        let view = Arc::new(spec.view());
+        Self { spec, view, queue }
+    }
+
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
+    /// The name of the dispatcher plugin (set by [`FunctionSpec::resolve`]).
     pub fn dispatcher(&self) -> &str {
-        &self.plugin.name
+        self.spec.dispatcher.as_deref().unwrap_or_default()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -307,6 +329,11 @@ impl Registry {
         }
         map.insert(function.name().to_string(), function);
         true
+    }
+
+    /// Inserts or replaces (a registration seen by another replica, a functions file).
+    pub fn put(&self, function: Arc<Function>) {
+        self.functions.write().expect("registry lock").insert(function.name().to_string(), function);
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<Function>> {

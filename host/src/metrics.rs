@@ -49,6 +49,15 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request duration by matched route and method.
     pub http_duration: HistogramVec,
+    /// Awaited store writes (group-committed) by what they write: `insert`, `settle`.
+    pub store_write_duration: HistogramVec,
+    /// Store operations that failed, by operation.
+    pub store_errors: IntCounterVec,
+    /// Unfinished executions taken up from the store (after a restart, or from a replica that
+    /// died), by what was done: `resumed`, `restarted`, `requeued`, `timed_out`.
+    pub recovered: IntCounterVec,
+    /// Replicas whose executions this one took over.
+    pub takeovers: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,6 +140,22 @@ impl Metrics {
                 "nanofaas_http_request_duration_seconds",
                 "HTTP request duration by matched route and method.",
                 &["route", "method"],
+            ),
+            store_write_duration: histogram(
+                "nanofaas_store_write_duration_seconds",
+                "Time until an awaited store write is committed.",
+                &["write"],
+            ),
+            store_errors: counter("nanofaas_store_errors_total", "Store operations that failed.", &["operation"]),
+            recovered: counter(
+                "nanofaas_executions_recovered_total",
+                "Unfinished executions taken up from the store, by what was done with them.",
+                &["action"],
+            ),
+            takeovers: counter(
+                "nanofaas_replica_takeovers_total",
+                "Replicas whose unfinished executions this host took over.",
+                &["reason"],
             ),
             registry,
         }

@@ -10,7 +10,8 @@
 //! call with [`PluginFault`]; nothing outlives the call.
 //!
 //! The host-side types here ([`Invocation`], [`Outcome`], …) mirror the WIT contract; the
-//! generated ones stay inside `bindings`.
+//! generated ones stay inside `bindings`. This module depends on functions and executions (the
+//! function's view, an output), never the reverse.
 
 mod bindings;
 mod imports;
@@ -30,6 +31,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::capability::{Capabilities, Grants};
 use crate::config::PluginLimits;
+pub use crate::execution::Output;
+pub use crate::function::FunctionView;
 use crate::metrics::Metrics;
 
 pub use loader::{CatalogBuilder, LoadError};
@@ -82,21 +85,6 @@ impl Catalog {
     }
 }
 
-/// A function as plugins see it (the WIT `function-spec`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FunctionView {
-    pub name: String,
-    pub image: Option<String>,
-    pub command: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cpu: Option<String>,
-    pub memory: Option<String>,
-    pub timeout_ms: u64,
-    pub endpoint_url: Option<String>,
-    /// `dispatcherConfig` as JSON object text.
-    pub config: String,
-}
-
 /// One attempt of one execution (the WIT `invocation`).
 #[derive(Clone, Debug, Default)]
 pub struct Invocation {
@@ -111,13 +99,6 @@ pub struct Invocation {
     pub remaining_ms: u64,
     pub callback_url: Option<String>,
     pub callback_token: String,
-}
-
-/// A function's result.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Output {
-    pub content_type: String,
-    pub body: Bytes,
 }
 
 /// Why a step produced no output (the WIT `failure`).
@@ -276,6 +257,10 @@ impl Plugins {
 
     pub fn capabilities(&self) -> &Arc<Capabilities> {
         &self.caps
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -448,9 +433,4 @@ fn classify(error: &wasmtime::Error, stderr: &[u8]) -> PluginFault {
     // Everything else comes from lifting the guest's results (invalid UTF-8, unknown handles,
     // bad discriminants): the plugin returned something the contract does not allow.
     PluginFault { kind: FaultKind::Malformed, message: with_stderr(format!("returned a malformed result: {text}")) }
-}
-
-/// Milliseconds since the Unix epoch, for `deadline-unix-ms`.
-pub fn unix_ms(at: std::time::SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -5,6 +5,10 @@
 //! slot is taken at once; otherwise the execution waits in the queue if there is room; otherwise
 //! the request is refused (429) before any execution exists. Slots are owned permits released
 //! on drop, so no code path can leak one — an execution that ends in any way gives its slot back.
+//!
+//! With a store shared by several replicas the bounds hold across all of them, so they are kept
+//! by the store instead (in the same transaction as the executions they count): such a queue
+//! admits everything locally ([`Admission::Shared`]) and the ledger asks the store for slots.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +19,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::Metrics;
 
 pub struct FunctionQueue {
+    /// Bounds kept by a shared store, not here.
+    shared: bool,
     slots: Arc<Semaphore>,
     waiting: AtomicU32,
     queue_size: u32,
@@ -36,11 +42,14 @@ pub enum Admission {
     Running(Slot),
     /// Waiting in the queue; turns into a slot with [`Admission::slot`].
     Queued(QueueTicket),
+    /// Admitted by a shared store, which also grants the slot (see `ledger`).
+    Shared,
 }
 
-/// A held concurrency slot; released when dropped.
+/// A held concurrency slot; released when dropped (a shared store's slot is released by the
+/// terminal write of its execution).
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     in_flight: IntGauge,
 }
 
@@ -51,7 +60,17 @@ pub struct QueueTicket {
 
 impl FunctionQueue {
     pub fn new(function: &str, concurrency: u32, queue_size: u32, metrics: &Metrics) -> Arc<Self> {
+        Self::with_mode(function, concurrency, queue_size, metrics, false)
+    }
+
+    /// A queue whose bounds a shared store keeps.
+    pub fn shared(function: &str, concurrency: u32, queue_size: u32, metrics: &Metrics) -> Arc<Self> {
+        Self::with_mode(function, concurrency, queue_size, metrics, true)
+    }
+
+    fn with_mode(function: &str, concurrency: u32, queue_size: u32, metrics: &Metrics, shared: bool) -> Arc<Self> {
         Arc::new(Self {
+            shared,
             slots: Arc::new(Semaphore::new(concurrency as usize)),
             waiting: AtomicU32::new(0),
             queue_size,
@@ -63,6 +82,9 @@ impl FunctionQueue {
 
     /// Takes a slot, or a place in the queue, or refuses.
     pub fn admit(self: &Arc<Self>) -> Result<Admission, Overload> {
+        if self.shared {
+            return Ok(Admission::Shared);
+        }
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(Admission::Running(self.slot(permit)));
         }
@@ -77,6 +99,39 @@ impl FunctionQueue {
         Ok(Admission::Queued(QueueTicket { queue: self.clone() }))
     }
 
+    /// Admits an execution that was accepted before (taken up after a restart): never refused.
+    pub fn readmit(self: &Arc<Self>) -> Admission {
+        if self.shared {
+            return Admission::Shared;
+        }
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Admission::Running(self.slot(permit));
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.queue_depth.inc();
+        Admission::Queued(QueueTicket { queue: self.clone() })
+    }
+
+    /// The most executions that may hold a slot at once.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency
+    }
+
+    /// The most unfinished executions (running and queued).
+    pub fn capacity(&self) -> u32 {
+        self.concurrency + self.queue_size
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// A slot granted by a shared store.
+    pub fn shared_slot(&self) -> Slot {
+        self.in_flight.inc();
+        Slot { _permit: None, in_flight: self.in_flight.clone() }
+    }
+
     /// Executions waiting for a slot.
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Acquire)
@@ -89,19 +144,21 @@ impl FunctionQueue {
 
     fn slot(&self, permit: OwnedSemaphorePermit) -> Slot {
         self.in_flight.inc();
-        Slot { _permit: permit, in_flight: self.in_flight.clone() }
+        Slot { _permit: Some(permit), in_flight: self.in_flight.clone() }
     }
 }
 
 impl Admission {
-    /// Waits in the queue (first come, first served) until a slot is free.
-    pub async fn slot(self) -> Slot {
+    /// Waits in the queue (first come, first served) until a slot is free. `None` for a shared
+    /// admission, whose slot the store grants.
+    pub async fn slot(self) -> Option<Slot> {
         match self {
-            Admission::Running(slot) => slot,
+            Admission::Running(slot) => Some(slot),
             Admission::Queued(ticket) => {
                 let permit = ticket.queue.slots.clone().acquire_owned().await.expect("slots are never closed");
-                ticket.queue.slot(permit)
+                Some(ticket.queue.slot(permit))
             }
+            Admission::Shared => None,
         }
     }
 }
@@ -139,6 +196,7 @@ mod tests {
         let a = a.slot().await;
         drop(a);
         let c = c.slot().await;
+        assert!(c.is_some());
         assert_eq!((q.busy(), q.waiting()), (2, 0));
         assert!(matches!(q.admit().unwrap(), Admission::Queued(_)));
         drop((b, c));
@@ -155,7 +213,20 @@ mod tests {
         let queued = q.admit().unwrap();
         assert!(q.admit().is_err());
         drop(queued);
-        assert!(q.admit().is_ok());
+        let _queued = q.admit().unwrap();
+        // An execution taken up again after a restart is admitted past the bound.
+        let _readmitted = q.readmit();
+        assert_eq!(q.waiting(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shared_queue_leaves_the_bounds_to_the_store() {
+        let metrics = Metrics::new();
+        let q = FunctionQueue::shared("f", 1, 0, &metrics);
+        assert!(matches!(q.admit(), Ok(Admission::Shared)));
+        assert!(matches!(q.admit(), Ok(Admission::Shared)), "refusals come from the store");
+        assert!(q.admit().unwrap().slot().await.is_none());
+        assert_eq!(q.capacity(), 1);
     }
 
     #[tokio::test]

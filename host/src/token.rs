@@ -3,7 +3,8 @@
 //! A token is HMAC-SHA256(host secret, execution id), base64url. It authenticates the completion
 //! callback (and the input download) of that one execution: it cannot be guessed without the
 //! secret, cannot be reused for another execution, and needs no storage — the host recomputes
-//! it to check it, in constant time.
+//! it to check it, in constant time. The secret is the operator's, or one the store generated
+//! once and keeps, so tokens stay valid across restarts and replicas.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,13 +18,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct TokenKey(HmacSha256);
 
 impl TokenKey {
-    /// A key from the operator's secret, or a random one (tokens then die with the process).
-    pub fn new(secret: Option<&str>) -> Self {
-        let key: Vec<u8> = match secret {
-            Some(s) if !s.is_empty() => s.as_bytes().to_vec(),
-            _ => (0..32).map(|_| fastrand::u8(..)).chain(uuid::Uuid::new_v4().into_bytes()).collect(),
-        };
-        let mut mac = HmacSha256::new_from_slice(&key).expect("HMAC takes keys of any length");
+    /// A key from a secret.
+    pub fn new(secret: &[u8]) -> Self {
+        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
         mac.update(b"nanofaas-callback-v1\0");
         Self(mac)
     }
@@ -53,18 +50,13 @@ mod tests {
 
     #[test]
     fn tokens_are_per_execution_and_per_secret() {
-        let key = TokenKey::new(Some("s3cret"));
+        let key = TokenKey::new(b"s3cret");
         let t = key.token("exec-1");
         assert!(key.verify("exec-1", &t));
         assert!(!key.verify("exec-2", &t));
-        assert!(!TokenKey::new(Some("other")).verify("exec-1", &t));
+        assert!(!TokenKey::new(b"other").verify("exec-1", &t));
         assert!(!key.verify("exec-1", ""));
         assert!(!key.verify("exec-1", "not base64 !"));
-        assert_eq!(t, TokenKey::new(Some("s3cret")).token("exec-1"), "derived, not stored");
-    }
-
-    #[test]
-    fn random_keys_differ() {
-        assert_ne!(TokenKey::new(None).token("e"), TokenKey::new(None).token("e"));
+        assert_eq!(t, TokenKey::new(b"s3cret").token("exec-1"), "derived, not stored");
     }
 }

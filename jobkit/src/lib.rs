@@ -114,13 +114,16 @@ pub enum Input {
     Fetch,
 }
 
-/// The Job's name: function, execution and attempt, a valid DNS label (≤ 63 characters).
+/// The Job's name: `{function}-{execution id}-{attempt}`, a valid DNS label (≤ 63 characters).
+/// The whole execution id (its 32 hex digits) is in it, so names never collide, and so does the
+/// attempt, so a restarted host finds an attempt's Job by name instead of creating it again;
+/// only the function's part is shortened to fit.
 pub fn job_name(function: &str, execution_id: &str, attempt: u32) -> String {
-    let exec: String =
-        execution_id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect::<String>().to_lowercase();
-    let mut name = format!("{function}-{exec}-{attempt}");
-    name.truncate(63);
-    name.trim_end_matches('-').to_string()
+    let exec: String = execution_id.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
+    let suffix = format!("-{exec}-{attempt}");
+    let room = 63usize.saturating_sub(suffix.len());
+    let prefix = function.get(..function.len().min(room)).unwrap_or(function).trim_end_matches('-');
+    format!("{prefix}{suffix}")
 }
 
 /// The callback URL's input sibling: `…/executions/{id}:complete` → `…/executions/{id}/input`.
@@ -398,8 +401,17 @@ mod tests {
 
     #[test]
     fn names_are_dns_labels() {
-        assert_eq!(job_name("f", "ABCDEF12-3456", 1), "f-abcdef12-1");
-        assert!(job_name(&"a".repeat(48), "0123456789", 10).len() <= 63);
+        assert_eq!(job_name("f", "ABCDEF12-3456", 1), "f-abcdef123456-1");
+        let id = "0c8a5c52-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
+        let long = job_name(&"a".repeat(48), id, 11);
+        assert!(long.len() <= 63, "{long}");
+        assert!(long.ends_with("-0c8a5c521d2e4f3a9b8c7d6e5f4a3b2c-11"), "the whole id and the attempt: {long}");
+        // Ids that share a prefix (8 hex digits collided at 10k executions) get different names.
+        let other = "0c8a5c52-1d2e-4f3a-9b8c-7d6e5f4a3b2d";
+        assert_ne!(job_name("f", id, 1), job_name("f", other, 1));
+        assert_ne!(job_name("f", id, 1), job_name("f", id, 2));
+        let cut = job_name("ab-", id, 1);
+        assert!(!cut.contains("--"), "{cut}");
     }
 
     fn pod(phase: &str, exit: Option<i32>, message: Option<&str>) -> Pod {

@@ -59,6 +59,15 @@ impl ApiError {
         )
     }
 
+    /// The store could not do what the request needs: 503, nothing was accepted.
+    pub fn store(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "STORE_UNAVAILABLE", e.to_string())
+        }
+    }
+
     /// Logs the detail; the client gets a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
@@ -92,6 +101,7 @@ impl From<RegisterError> for ApiError {
             RegisterError::Refused { .. } => ApiError::bad_request("DISPATCHER_REFUSED", "dispatcherConfig", message),
             RegisterError::Fault(_) => ApiError::new(StatusCode::BAD_GATEWAY, "PLUGIN_FAULT", message),
             RegisterError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "FUNCTION_EXISTS", message),
+            RegisterError::Store(e) => ApiError::store(e),
         }
     }
 }
@@ -108,6 +118,7 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", message)
                     .field("Idempotency-Key")
             }
+            SubmitError::Store(e) => ApiError::store(e),
         }
     }
 }

@@ -8,8 +8,7 @@ use serde_json::value::RawValue;
 
 use super::ApiError;
 use crate::control_plane::ControlPlane;
-use crate::execution::{ErrorInfo, Execution, Snapshot};
-use crate::plugin::Output;
+use crate::execution::{ErrorInfo, Execution, Output, Snapshot};
 
 /// The full record of an execution.
 #[derive(Serialize)]
@@ -93,7 +92,7 @@ pub(super) async fn get(
     State(cp): State<ControlPlane>,
     Path(id): Path<String>,
 ) -> Result<Json<ExecutionView>, ApiError> {
-    let exec = cp.store.get(&id).ok_or_else(|| unknown(&id))?;
+    let exec = cp.ledger().find(&id).await.map_err(ApiError::store)?.ok_or_else(|| unknown(&id))?;
     Ok(Json(ExecutionView::of(&exec)))
 }
 

@@ -19,18 +19,18 @@ pub(super) async fn register(State(cp): State<ControlPlane>, Body(body): Body) -
 }
 
 pub(super) async fn list(State(cp): State<ControlPlane>) -> Json<Vec<FunctionSpec>> {
-    Json(cp.registry.list().iter().map(|f| f.spec.clone()).collect())
+    Json(cp.registry().list().iter().map(|f| f.spec.clone()).collect())
 }
 
 pub(super) async fn get(
     State(cp): State<ControlPlane>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionSpec>, ApiError> {
-    cp.registry.get(&name).map(|f| Json(f.spec.clone())).ok_or_else(|| unknown(&name))
+    cp.registry().get(&name).map(|f| Json(f.spec.clone())).ok_or_else(|| unknown(&name))
 }
 
 pub(super) async fn delete(State(cp): State<ControlPlane>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    cp.unregister(&name).map(|_| StatusCode::NO_CONTENT).ok_or_else(|| unknown(&name))
+    cp.unregister(&name).await.map_err(ApiError::store)?.map(|_| StatusCode::NO_CONTENT).ok_or_else(|| unknown(&name))
 }
 
 pub(super) fn unknown(name: &str) -> ApiError {

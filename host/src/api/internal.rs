@@ -22,11 +22,11 @@ pub(super) async fn action(
         return Err(ApiError::not_found("NOT_FOUND", "use /v1/internal/executions/{id}:complete"));
     };
     authenticate(&cp, id, &headers)?;
-    let exec = cp.store.get(id).ok_or_else(|| executions::unknown(id))?;
+    let exec = cp.ledger().find(id).await.map_err(ApiError::store)?.ok_or_else(|| executions::unknown(id))?;
     let result: CallbackResult = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("INVALID_REQUEST", "body", format!("expected {{success, output, error}}: {e}"))
     })?;
-    let outcome = cp.complete(&exec, result);
+    let outcome = cp.complete(&exec, result).await;
     let body = serde_json::json!({
         "executionId": exec.id,
         "status": exec.status().as_str(),
@@ -42,7 +42,7 @@ pub(super) async fn input(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authenticate(&cp, &id, &headers)?;
-    let exec = cp.store.get(&id).ok_or_else(|| executions::unknown(&id))?;
+    let exec = cp.ledger().find(&id).await.map_err(ApiError::store)?.ok_or_else(|| executions::unknown(&id))?;
     let mut response = (StatusCode::OK, exec.input.body.clone()).into_response();
     if let Ok(v) = HeaderValue::from_str(&exec.input.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);

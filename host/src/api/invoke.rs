@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 use super::executions::ResultView;
 use super::{ApiError, Body};
 use crate::control_plane::{ControlPlane, SubmitOptions};
-use crate::execution::{Attach, ErrorKind, Execution, Input, Status};
+use crate::execution::{ErrorKind, Execution, Input, Status};
+use crate::ledger::Attach;
 
 pub(super) async fn action(
     State(cp): State<ControlPlane>,
@@ -28,7 +29,7 @@ pub(super) async fn action(
 ) -> Result<Response, ApiError> {
     match target.rsplit_once(':') {
         Some((name, "invoke")) => invoke(&cp, name, &headers, body).await,
-        Some((name, "enqueue")) => enqueue(&cp, name, &headers, body),
+        Some((name, "enqueue")) => enqueue(&cp, name, &headers, body).await,
         _ => Err(ApiError::not_found(
             "NOT_FOUND",
             format!("no action in `{target}`: use /v1/functions/{{name}}:invoke or :enqueue"),
@@ -37,10 +38,21 @@ pub(super) async fn action(
 }
 
 async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let (input, opts) = request(cp, headers, body)?;
-    let attach = cp.submit(name, input, opts)?;
+    let (input, opts) = request(cp, headers, body, false)?;
+    let attach = cp.submit(name, input, opts).await?;
     let exec = attach.execution();
     exec.wait_done().await;
+    if !exec.is_terminal() {
+        // Handed over (this host is shutting down): it goes on elsewhere.
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "HANDED_OVER",
+            format!("this host is shutting down; execution {} goes on: GET /v1/executions/{}", exec.id, exec.id),
+        )
+        .into_response();
+        set_execution_headers(&mut response, &exec.id, true);
+        return Ok(response);
+    }
     let wants_raw = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -48,9 +60,9 @@ async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes)
     Ok(finished(exec, wants_raw))
 }
 
-fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let (input, opts) = request(cp, headers, body)?;
-    let attach = cp.submit(name, input, opts)?;
+async fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let (input, opts) = request(cp, headers, body, true)?;
+    let attach = cp.submit(name, input, opts).await?;
     let (exec, status) = match &attach {
         // Fresh: `queued` by definition, even if a worker already picked it up.
         Attach::New(exec) => (exec, Status::Queued),
@@ -87,7 +99,12 @@ struct InvokeRequest<'a> {
 }
 
 /// Parses the body and the headers into an input and options.
-fn request(cp: &ControlPlane, headers: &HeaderMap, body: Bytes) -> Result<(Input, SubmitOptions), ApiError> {
+fn request(
+    cp: &ControlPlane,
+    headers: &HeaderMap,
+    body: Bytes,
+    asynchronous: bool,
+) -> Result<(Input, SubmitOptions), ApiError> {
     let content_type = super::header(headers, "content-type")?.unwrap_or("application/json");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let input = match mime.as_str() {
@@ -116,7 +133,8 @@ fn request(cp: &ControlPlane, headers: &HeaderMap, body: Bytes) -> Result<(Input
     let opts = SubmitOptions {
         trace_id: super::trace_id(headers)?,
         idempotency_key: super::idempotency_key(headers)?,
-        timeout: super::timeout(headers, cp.config.max_timeout)?,
+        timeout: super::timeout(headers, cp.config().max_timeout)?,
+        asynchronous,
     };
     Ok((input, opts))
 }

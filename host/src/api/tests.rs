@@ -36,14 +36,14 @@ async fn post_json(app: &Router, uri: &str, body: Value) -> Reply {
     send(app, Method::POST, uri, &[JSON], body.to_string()).await
 }
 
-fn app_with(config: Config) -> (ControlPlane, Router) {
-    let cp = control_plane(config);
+async fn app_with(config: Config) -> (ControlPlane, Router) {
+    let cp = control_plane(config).await;
     cp.set_ready(true);
     (cp.clone(), router(cp))
 }
 
-fn app() -> (ControlPlane, Router) {
-    app_with(Config::default())
+async fn app() -> (ControlPlane, Router) {
+    app_with(Config::default()).await
 }
 
 async fn with_echo(app: &Router, name: &str) {
@@ -53,7 +53,7 @@ async fn with_echo(app: &Router, name: &str) {
 
 #[tokio::test]
 async fn function_crud() {
-    let (_, app) = app();
+    let (_, app) = app().await;
     let r =
         post_json(&app, "/v1/functions", json!({"name": "hello", "executionMode": "LOCAL", "timeoutMs": 5000})).await;
     assert_eq!(r.status, StatusCode::CREATED);
@@ -81,7 +81,7 @@ async fn function_crud() {
 
 #[tokio::test]
 async fn invalid_specs_name_the_field() {
-    let (_, app) = app();
+    let (_, app) = app().await;
     for (body, field) in [
         (json!({"name": "Bad Name", "executionMode": "LOCAL"}), "name"),
         (json!({"name": "ok", "executionMode": "LOCAL", "timeoutMs": 0}), "timeoutMs"),
@@ -106,7 +106,7 @@ async fn invalid_specs_name_the_field() {
 
 #[tokio::test]
 async fn sync_invoke_returns_the_output() {
-    let (_, app) = app();
+    let (_, app) = app().await;
     with_echo(&app, "echo").await;
     let r =
         post_json(&app, "/v1/functions/echo:invoke", json!({"input": {"message": "hi"}, "metadata": {"k": "v"}})).await;
@@ -126,7 +126,7 @@ async fn sync_invoke_returns_the_output() {
 
 #[tokio::test]
 async fn octet_stream_in_and_out() {
-    let (_, app) = app();
+    let (_, app) = app().await;
     with_echo(&app, "echo").await;
     let bytes: &[u8] = &[0, 159, 146, 150, 255];
     let r = send(
@@ -157,7 +157,7 @@ async fn octet_stream_in_and_out() {
 
 #[tokio::test]
 async fn bad_invoke_requests_are_refused_with_json() {
-    let (cp, app) = app();
+    let (cp, app) = app().await;
     with_echo(&app, "echo").await;
     let r = post_json(&app, "/v1/functions/echo:invoke", json!({"payload": 1})).await;
     assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("input")));
@@ -181,12 +181,12 @@ async fn bad_invoke_requests_are_refused_with_json() {
     );
     let r = send(&app, Method::GET, "/nowhere", &[], AxumBody::empty()).await;
     assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("NOT_FOUND")));
-    assert!(cp.store.is_empty(), "no execution was created by a refused request");
+    assert!(cp.ledger().is_empty(), "no execution was created by a refused request");
 }
 
 #[tokio::test]
 async fn header_validation() {
-    let (cp, app) = app_with(Config { max_timeout: std::time::Duration::from_secs(60), ..Config::default() });
+    let (cp, app) = app_with(Config { max_timeout: std::time::Duration::from_secs(60), ..Config::default() }).await;
     with_echo(&app, "echo").await;
     for (name, value) in [
         ("x-timeout-ms", "0"),
@@ -209,29 +209,29 @@ async fn header_validation() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    let exec = cp.store.get(r.body["executionId"].as_str().unwrap()).unwrap();
+    let exec = cp.ledger().get(r.body["executionId"].as_str().unwrap()).unwrap();
     assert_eq!(exec.trace_id, "trace-1", "the caller's trace id travels with the execution");
     let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
-    let exec = cp.store.get(r.body["executionId"].as_str().unwrap()).unwrap();
+    let exec = cp.ledger().get(r.body["executionId"].as_str().unwrap()).unwrap();
     assert_eq!(exec.trace_id.len(), 32, "generated when absent");
 }
 
 #[tokio::test]
 async fn body_limit_is_a_json_413() {
-    let (cp, app) = app_with(Config { max_body_bytes: 64, ..Config::default() });
+    let (cp, app) = app_with(Config { max_body_bytes: 64, ..Config::default() }).await;
     with_echo(&app, "echo").await;
     let big = json!({"input": "x".repeat(100)}).to_string();
     let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON], big).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.body["error"]["code"], "PAYLOAD_TOO_LARGE");
-    assert!(cp.store.is_empty());
+    assert!(cp.ledger().is_empty());
     let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": "small"})).await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn enqueue_then_status() {
-    let (_, app) = app();
+    let (_, app) = app().await;
     with_echo(&app, "echo").await;
     let r = post_json(&app, "/v1/functions/echo:enqueue", json!({"input": [1, 2, 3]})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
@@ -255,7 +255,7 @@ async fn enqueue_then_status() {
 
 #[tokio::test]
 async fn idempotency_over_http() {
-    let (_, app) = app();
+    let (_, app) = app().await;
     with_echo(&app, "echo").await;
     let key = ("idempotency-key", "order-42");
     let a = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], r#"{"input":1}"#).await;
@@ -271,7 +271,7 @@ async fn idempotency_over_http() {
 
 #[tokio::test]
 async fn callback_authentication() {
-    let (cp, app) = app();
+    let (cp, app) = app().await;
     with_echo(&app, "echo").await;
     let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
     let id = r.body["executionId"].as_str().unwrap().to_string();
@@ -282,7 +282,7 @@ async fn callback_authentication() {
     assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("UNAUTHORIZED")));
     let r = send(&app, Method::POST, &uri, &[JSON, ("authorization", "Bearer forged")], body).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let other = cp.invocation(&cp.store.get(&id).unwrap(), 1).callback_token;
+    let other = cp.invocation(&cp.ledger().get(&id).unwrap(), 1).callback_token;
     let r = send(
         &app,
         Method::POST,
@@ -292,7 +292,7 @@ async fn callback_authentication() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a token is good for its own execution only");
-    assert_eq!(cp.metrics.callbacks.with_label_values(&["rejected"]).get(), 3);
+    assert_eq!(cp.metrics().callbacks.with_label_values(&["rejected"]).get(), 3);
 
     let auth = format!("Bearer {other}");
     let r = send(&app, Method::POST, &uri, &[JSON, ("authorization", &auth)], body).await;
@@ -317,8 +317,8 @@ async fn callback_authentication() {
 
 #[tokio::test]
 async fn unknown_execution_with_valid_token_is_404() {
-    let (cp, app) = app_with(Config { callback_secret: Some("s".into()), ..Config::default() });
-    let token = crate::token::TokenKey::new(Some("s")).token("ghost");
+    let (cp, app) = app_with(Config { callback_secret: Some("s".into()), ..Config::default() }).await;
+    let token = crate::token::TokenKey::new(b"s").token("ghost");
     assert!(cp.verify_token("ghost", &token));
     let r = send(
         &app,
@@ -333,7 +333,7 @@ async fn unknown_execution_with_valid_token_is_404() {
 
 #[tokio::test]
 async fn metrics_and_health() {
-    let (cp, app) = app();
+    let (cp, app) = app().await;
     with_echo(&app, "echo").await;
     post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
     send(&app, Method::GET, "/v1/executions/abc", &[], AxumBody::empty()).await;

@@ -249,6 +249,11 @@ impl HttpCapability {
         });
     }
 
+    /// Whether `owner` has requests here (work that dies with this host process).
+    pub fn owns_any(&self, owner: &str) -> bool {
+        self.lock().values().any(|r| r.owner == owner)
+    }
+
     /// Requests the table holds.
     pub fn tracked(&self) -> usize {
         self.lock().len()

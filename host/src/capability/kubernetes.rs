@@ -272,23 +272,90 @@ impl KubernetesCapability {
         if let Some(spec) = job.spec.as_mut() {
             add(&mut spec.template.metadata.get_or_insert_with(Default::default).labels);
         }
-        let created = self.0.jobs.create(&PostParams::default(), &job).await.map_err(classify)?;
-        let name = created.metadata.name.unwrap_or_default();
-        self.0.owned.lock().expect("owned lock").insert(
-            name.clone(),
-            Owned {
-                owner: owner.to_string(),
-                function: function.to_string(),
-                created: Instant::now(),
-                seen: false,
-                started: false,
-                finished: false,
-                deleted: false,
-            },
-        );
+        let name = match self.0.jobs.create(&PostParams::default(), &job).await {
+            Ok(created) => created.metadata.name.unwrap_or_default(),
+            // Job names are deterministic per attempt: this attempt's Job exists already (it was
+            // created by a host process that died before it could record so). Adopt it.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let name = job.metadata.name.clone().unwrap_or_default();
+                let existing = self.0.jobs.get(&name).await.map_err(classify)?;
+                let labels = existing.metadata.labels.unwrap_or_default();
+                let same = labels.get(EXECUTION_LABEL).is_some_and(|e| e == owner)
+                    && labels.get(ATTEMPT_LABEL).is_some_and(|a| *a == attempt.to_string());
+                if !same {
+                    return Err(ApiFailure {
+                        status: 409,
+                        reason: "AlreadyExists".into(),
+                        message: format!("a Job named `{name}` exists and belongs to another execution"),
+                        retryable: false,
+                    });
+                }
+                tracing::info!(execution_id = owner, function, job = %name, attempt, "job adopted");
+                let seen = self.0.job_cache.get(&ObjectRef::new(&name).within(&self.0.namespace)).is_some();
+                self.0.track(owner, function, &name, seen);
+                return Ok(name);
+            }
+            Err(e) => return Err(classify(e)),
+        };
+        self.0.track(owner, function, &name, false);
         self.0.metrics.job_created.with_label_values(&[function]).inc();
         tracing::info!(execution_id = owner, function, job = %name, attempt, "job created");
         Ok(name)
+    }
+
+    /// Waits (up to `limit`) until both watches have listed what exists, so that the caches can
+    /// be asked about Jobs created before this host started. Returns whether they did.
+    pub async fn synced(&self, limit: std::time::Duration) -> bool {
+        let ready = async {
+            let _ = self.0.job_cache.wait_until_ready().await;
+            let _ = self.0.pod_cache.wait_until_ready().await;
+        };
+        tokio::time::timeout(limit, ready).await.is_ok()
+    }
+
+    /// Jobs in the watch cache that execution `owner` created (any attempt), by name.
+    fn found(&self, owner: &str) -> Vec<(String, String)> {
+        self.0
+            .job_cache
+            .state()
+            .iter()
+            .filter(|j| j.metadata.labels.as_ref().and_then(|l| l.get(EXECUTION_LABEL)).is_some_and(|e| e == owner))
+            .map(|j| {
+                let labels = j.metadata.labels.clone().unwrap_or_default();
+                (j.metadata.name.clone().unwrap_or_default(), labels.get(FUNCTION_LABEL).cloned().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Takes up the Jobs that execution `owner` created in an earlier host process (found in the
+    /// watch cache by their labels), so its plugin can follow them. Returns how many.
+    pub fn adopt(&self, owner: &str) -> usize {
+        let found = self.found(owner);
+        for (name, function) in &found {
+            self.0.track(owner, function, name, true);
+        }
+        found.len()
+    }
+
+    /// Deletes the Jobs execution `owner` created in an earlier host process (found in the watch
+    /// cache by their labels). Returns how many.
+    pub fn release_found(&self, owner: &str) -> usize {
+        let found = self.found(owner);
+        for (name, _) in &found {
+            let inner = self.0.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inner.delete(&name).await {
+                    tracing::warn!(job = %name, error = %e.message, "cannot delete an abandoned attempt's Job");
+                }
+            });
+        }
+        found.len()
+    }
+
+    /// Forgets execution `owner`'s Jobs without deleting them (another host process takes them).
+    pub fn forget_owner(&self, owner: &str) {
+        self.0.owned.lock().expect("owned lock").retain(|_, o| o.owner != owner);
     }
 
     /// The Job's status from the watch cache; `None` when it existed and is gone. A Job just
@@ -380,6 +447,22 @@ impl Inner {
             metrics,
             wake,
         }
+    }
+
+    /// Starts following a Job of `owner` (`seen`: the watch has shown it already).
+    fn track(&self, owner: &str, function: &str, name: &str, seen: bool) {
+        self.owned.lock().expect("owned lock").insert(
+            name.to_string(),
+            Owned {
+                owner: owner.to_string(),
+                function: function.to_string(),
+                created: Instant::now(),
+                seen,
+                started: false,
+                finished: false,
+                deleted: false,
+            },
+        );
     }
 
     async fn delete(&self, name: &str) -> Result<(), ApiFailure> {

@@ -10,6 +10,11 @@
 //! Orphans: the host makes itself a child subreaper, so grandchildren of a killed function are
 //! re-parented to it and reaped here (by process group), never left as zombies. A process that
 //! leaves its process group on purpose (`setsid`) escapes the group kill; that is documented.
+//!
+//! Crashes: with a durable store, every process group is recorded in a [`Journal`] before its
+//! handle is given to the plugin (and forgotten once reaped), so a host that starts on this
+//! machine after a crash kills what the dead one left running ([`kill_leftover`]) before it
+//! runs those executions again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,16 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::Wake;
+use crate::store::{ProcessRecord, Store, Write};
+
+/// Where process groups are recorded so a later host process can find them.
+pub struct Journal {
+    pub store: Arc<dyn Store>,
+    /// The host process (replica) that starts them.
+    pub replica: String,
+    /// This machine ([`machine_id`]).
+    pub machine: String,
+}
 
 /// What to run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,16 +73,24 @@ pub struct ProcessCapability {
     next: AtomicU64,
     wake: Wake,
     path: String,
+    journal: Option<Arc<Journal>>,
 }
 
 impl ProcessCapability {
-    pub fn new(max_output: usize, wake: Wake) -> Self {
+    pub fn new(max_output: usize, wake: Wake, journal: Option<Journal>) -> Self {
         // Orphaned grandchildren of killed functions come back to this process to be reaped.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphans of killed functions go to init");
         }
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-        Self { max_output, procs: Mutex::new(HashMap::new()), next: AtomicU64::new(1), wake, path }
+        Self {
+            max_output,
+            procs: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            wake,
+            path,
+            journal: journal.map(Arc::new),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proc>> {
@@ -113,8 +136,9 @@ impl ProcessCapability {
         std::env::split_paths(&self.path).map(|dir| dir.join(program)).find(|p| executable(p))
     }
 
-    /// Starts `cmd` for execution `owner` with `stdin`; returns the handle.
-    pub fn spawn(&self, owner: &str, cmd: CommandSpec, stdin: Bytes) -> Result<String, String> {
+    /// Starts `cmd` for execution `owner` with `stdin`; returns the handle once the process
+    /// group is recorded (with a durable store).
+    pub async fn spawn(&self, owner: &str, cmd: CommandSpec, stdin: Bytes) -> Result<String, String> {
         let program = self.program(&cmd)?;
         let mut command = tokio::process::Command::new(&program);
         command.arg0(&cmd.argv[0]);
@@ -138,6 +162,19 @@ impl ProcessCapability {
         let exit = Arc::new(Mutex::new(None));
         self.lock().insert(handle.clone(), Proc { owner: owner.to_string(), pgid, exit: exit.clone() });
         tracing::debug!(execution_id = owner, pid, program = %cmd.argv[0], "process started");
+        let journal = self.journal.clone();
+        if let Some(j) = &journal {
+            let record = ProcessRecord {
+                replica: j.replica.clone(),
+                machine: j.machine.clone(),
+                pgid: pgid.as_raw(),
+                start_ticks: start_ticks(pgid.as_raw()).unwrap_or(0),
+                execution_id: owner.to_string(),
+            };
+            if let Err(e) = j.store.write(Write::Process(record)).await {
+                tracing::warn!(execution_id = owner, error = %e, "cannot record a process group");
+            }
+        }
 
         let (max_output, wake, owner) = (self.max_output, self.wake.clone(), owner.to_string());
         let mut stdin_pipe = child.stdin.take().expect("piped");
@@ -171,6 +208,9 @@ impl ProcessCapability {
             tracing::debug!(execution_id = %owner, pid, ?code, ?signal, "process exited");
             wake(&owner);
             reap_group(pgid).await;
+            if let Some(j) = journal {
+                j.store.write_behind(Write::ForgetProcess { replica: j.replica.clone(), pgid: pgid.as_raw() });
+            }
         });
         Ok(handle)
     }
@@ -203,10 +243,59 @@ impl ProcessCapability {
         });
     }
 
+    /// Whether `owner` has processes here (work that dies with this host process).
+    pub fn owns_any(&self, owner: &str) -> bool {
+        self.lock().values().any(|p| p.owner == owner)
+    }
+
     /// Processes the table holds (running or exited but not yet released).
     pub fn tracked(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// This machine, as process records name it: host name and boot id (a process id means
+/// something only on the machine, and the boot, that gave it out).
+pub fn machine_id() -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{host}/{}", boot.trim())
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Kills the process group a dead host process left behind, if it is still that group:
+/// its leader is the recorded process (same start time), or the leader is gone but members of
+/// the group remain (a process group id is not handed out again while the group exists).
+/// Returns whether it was killed.
+pub fn kill_leftover(record: &ProcessRecord) -> bool {
+    let ours = match start_ticks(record.pgid) {
+        Some(ticks) => ticks == record.start_ticks,
+        None => group_has_members(record.pgid),
+    };
+    if ours {
+        let _ = killpg(Pid::from_raw(record.pgid), Signal::SIGKILL);
+    }
+    ours
+}
+
+fn group_has_members(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.filter_map(Result::ok).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        // Field 5 (pgrp), counted after the parenthesised command name.
+        stat.rfind(')')
+            .and_then(|i| stat.get(i + 2..))
+            .and_then(|rest| rest.split(' ').nth(2))
+            .and_then(|g| g.parse::<i32>().ok())
+            == Some(pgid)
+    })
 }
 
 fn kill_if_running(p: &Proc) {

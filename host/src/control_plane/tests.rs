@@ -18,8 +18,9 @@ pub(crate) fn catalog() -> Arc<Catalog> {
         .clone()
 }
 
-pub(crate) fn control_plane(config: Config) -> ControlPlane {
-    crate::control_plane(config, catalog(), "http://127.0.0.1:9".into()).unwrap()
+pub(crate) async fn control_plane(config: Config) -> ControlPlane {
+    let store = Arc::new(crate::store::memory::MemoryStore::new());
+    crate::control_plane(config, catalog(), "http://127.0.0.1:9".into(), store).await.unwrap()
 }
 
 pub(crate) fn echo_spec(name: &str) -> FunctionSpec {
@@ -28,9 +29,9 @@ pub(crate) fn echo_spec(name: &str) -> FunctionSpec {
 
 /// A registered `echo` function.
 pub(crate) async fn echo_function() -> Arc<Function> {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     cp.register(echo_spec("e")).await.unwrap();
-    cp.registry.get("e").unwrap()
+    cp.registry().get("e").unwrap()
 }
 
 pub(crate) fn json_input(text: &str) -> Input {
@@ -39,18 +40,18 @@ pub(crate) fn json_input(text: &str) -> Input {
 
 #[tokio::test]
 async fn register_resolves_and_refuses_duplicates() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let spec = cp.register(echo_spec("a")).await.unwrap();
     assert_eq!(spec.timeout_ms, Some(30_000));
     assert!(matches!(cp.register(echo_spec("a")).await, Err(RegisterError::Conflict(_))));
-    assert!(cp.unregister("a").is_some());
-    assert!(cp.unregister("a").is_none());
+    assert!(cp.unregister("a").await.unwrap().is_some());
+    assert!(cp.unregister("a").await.unwrap().is_none());
     cp.register(echo_spec("a")).await.expect("a deleted name can be registered again");
 }
 
 #[tokio::test]
 async fn unknown_dispatcher_lists_the_available_ones() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let spec = FunctionSpec { dispatcher: Some("nope".into()), ..echo_spec("a") };
     match cp.register(spec).await {
         Err(RegisterError::UnknownDispatcher { name, available }) => {
@@ -63,7 +64,7 @@ async fn unknown_dispatcher_lists_the_available_ones() {
 
 #[tokio::test]
 async fn plugin_validate_refusal_is_reported() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     let spec = FunctionSpec { dispatcher_config: Some(serde_json::json!({"x": 1})), ..echo_spec("a") };
     match cp.register(spec).await {
         Err(RegisterError::Refused { plugin, reason }) => {
@@ -72,118 +73,121 @@ async fn plugin_validate_refusal_is_reported() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(cp.registry.get("a").is_none(), "nothing registered");
+    assert!(cp.registry().get("a").is_none(), "nothing registered");
 }
 
 #[tokio::test]
 async fn echo_returns_the_input_and_counts_it() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     cp.register(echo_spec("e")).await.unwrap();
-    let attach = cp.submit("e", json_input(r#"{"a":[1,2]}"#), SubmitOptions::default()).unwrap();
+    let attach = cp.submit("e", json_input(r#"{"a":[1,2]}"#), SubmitOptions::default()).await.unwrap();
     let exec = attach.execution().clone();
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Success);
     assert_eq!(s.output.unwrap().body.as_ref(), br#"{"a":[1,2]}"#);
     assert_eq!(s.attempt, 1);
-    assert_eq!(cp.metrics.invocations.with_label_values(&["e", "echo", "success"]).get(), 1);
+    assert_eq!(cp.metrics().invocations.with_label_values(&["e", "echo", "success"]).get(), 1);
 }
 
 #[tokio::test]
 async fn unknown_function_creates_nothing() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     assert!(matches!(
-        cp.submit("nope", json_input("1"), SubmitOptions::default()),
+        cp.submit("nope", json_input("1"), SubmitOptions::default()).await,
         Err(SubmitError::UnknownFunction(_))
     ));
-    assert!(cp.store.is_empty());
+    assert!(cp.ledger().is_empty());
 }
 
 #[tokio::test]
 async fn idempotency_key_reattaches_or_conflicts() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     cp.register(echo_spec("e")).await.unwrap();
     let opts = SubmitOptions { idempotency_key: Some("k1".into()), ..Default::default() };
-    let first = cp.submit("e", json_input("1"), opts.clone()).unwrap();
-    let again = cp.submit("e", json_input("1"), opts.clone()).unwrap();
+    let first = cp.submit("e", json_input("1"), opts.clone()).await.unwrap();
+    let again = cp.submit("e", json_input("1"), opts.clone()).await.unwrap();
     assert!(matches!(first, Attach::New(_)));
     assert!(matches!(again, Attach::Existing(_)));
     assert_eq!(first.execution().id, again.execution().id);
-    match cp.submit("e", json_input("2"), opts) {
+    match cp.submit("e", json_input("2"), opts).await {
         Err(SubmitError::Idempotency(c)) => assert_eq!(c.execution_id, first.execution().id),
         other => panic!("unexpected {:?}", other.map(|a| a.execution().id.clone())),
     }
     // Keys are per function.
     cp.register(echo_spec("f")).await.unwrap();
-    let other =
-        cp.submit("f", json_input("2"), SubmitOptions { idempotency_key: Some("k1".into()), ..Default::default() });
+    let other = cp
+        .submit("f", json_input("2"), SubmitOptions { idempotency_key: Some("k1".into()), ..Default::default() })
+        .await;
     assert!(matches!(other, Ok(Attach::New(_))));
 }
 
 #[tokio::test(start_paused = true)]
 async fn idempotency_keys_expire_after_their_ttl() {
     let config = Config { idempotency_ttl: Duration::from_secs(60), ..Config::default() };
-    let cp = control_plane(config);
+    let cp = control_plane(config).await;
     cp.register(echo_spec("e")).await.unwrap();
     let opts = SubmitOptions { idempotency_key: Some("k".into()), ..Default::default() };
-    let first = cp.submit("e", json_input("1"), opts.clone()).unwrap().execution().id.clone();
+    let first = cp.submit("e", json_input("1"), opts.clone()).await.unwrap().execution().id.clone();
     tokio::time::advance(Duration::from_secs(59)).await;
-    assert_eq!(cp.submit("e", json_input("1"), opts.clone()).unwrap().execution().id, first);
+    assert_eq!(cp.submit("e", json_input("1"), opts.clone()).await.unwrap().execution().id, first);
     tokio::time::advance(Duration::from_secs(1)).await;
-    let after = cp.submit("e", json_input("2"), opts).expect("an expired key is free again");
+    let after = cp.submit("e", json_input("2"), opts).await.expect("an expired key is free again");
     assert!(matches!(after, Attach::New(_)));
 }
 
 #[tokio::test(start_paused = true)]
 async fn finished_executions_are_evicted_after_retention() {
     let config = Config { execution_retention: Duration::from_secs(10), ..Config::default() };
-    let cp = control_plane(config);
+    let cp = control_plane(config).await;
     cp.register(echo_spec("e")).await.unwrap();
-    let exec = cp.submit("e", json_input("1"), SubmitOptions::default()).unwrap().execution().clone();
+    let exec = cp.submit("e", json_input("1"), SubmitOptions::default()).await.unwrap().execution().clone();
     exec.wait_done().await;
     tokio::time::advance(Duration::from_millis(9_999)).await;
-    cp.store.evict_expired();
-    assert!(cp.store.get(&exec.id).is_some(), "still queryable within retention");
+    cp.ledger().evict_memory();
+    assert!(cp.ledger().get(&exec.id).is_some(), "still queryable within retention");
     tokio::time::advance(Duration::from_millis(1)).await;
-    cp.store.evict_expired();
-    assert!(cp.store.get(&exec.id).is_none(), "evicted at retention");
-    assert_eq!(cp.metrics.evicted.with_label_values(&["retention"]).get(), 1);
+    cp.ledger().evict_memory();
+    assert!(cp.ledger().get(&exec.id).is_none(), "evicted at retention");
+    assert_eq!(cp.metrics().evicted.with_label_values(&["retention"]).get(), 1);
 }
 
 #[tokio::test]
 async fn retained_executions_are_capped() {
     let config = Config { max_retained_executions: 5, ..Config::default() };
-    let cp = control_plane(config);
+    let cp = control_plane(config).await;
     cp.register(echo_spec("e")).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..20 {
-        let exec = cp.submit("e", json_input(&i.to_string()), SubmitOptions::default()).unwrap().execution().clone();
+        let exec =
+            cp.submit("e", json_input(&i.to_string()), SubmitOptions::default()).await.unwrap().execution().clone();
         exec.wait_done().await;
         ids.push(exec.id.clone());
     }
-    assert_eq!(cp.store.len(), 5, "memory stays bounded");
-    assert!(cp.store.get(&ids[19]).is_some(), "newest kept");
-    assert!(cp.store.get(&ids[0]).is_none(), "oldest evicted");
+    assert_eq!(cp.ledger().len(), 5, "memory stays bounded");
+    assert!(cp.ledger().get(&ids[19]).is_some(), "newest kept");
+    assert!(cp.ledger().get(&ids[0]).is_none(), "oldest evicted");
 }
 
 #[tokio::test]
 async fn callbacks_after_the_end_are_classified() {
-    let cp = control_plane(Config::default());
+    let cp = control_plane(Config::default()).await;
     cp.register(echo_spec("e")).await.unwrap();
-    let exec = cp.submit("e", json_input("1"), SubmitOptions::default()).unwrap().execution().clone();
+    let exec = cp.submit("e", json_input("1"), SubmitOptions::default()).await.unwrap().execution().clone();
     exec.wait_done().await;
     let result: CallbackResult = serde_json::from_str(r#"{"success":true,"output":2}"#).unwrap();
-    assert_eq!(cp.complete(&exec, result), CallbackOutcome::Duplicate);
+    assert_eq!(cp.complete(&exec, result).await, CallbackOutcome::Duplicate);
     assert_eq!(exec.snapshot().output.unwrap().body.as_ref(), b"1", "nothing changed");
-    assert_eq!(cp.metrics.callbacks.with_label_values(&["duplicate"]).get(), 1);
+    assert_eq!(cp.metrics().callbacks.with_label_values(&["duplicate"]).get(), 1);
 }
 
 #[tokio::test]
 async fn invocation_carries_a_verifiable_token_and_callback_url() {
-    let cp = control_plane(Config { callback_secret: Some("s".into()), ..Config::default() });
+    let cp = control_plane(Config { callback_secret: Some("s".into()), ..Config::default() }).await;
     cp.register(echo_spec("e")).await.unwrap();
     let exec = cp
         .submit("e", json_input("1"), SubmitOptions { trace_id: Some("abc".into()), ..Default::default() })
+        .await
         .unwrap()
         .execution()
         .clone();

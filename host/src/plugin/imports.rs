@@ -154,11 +154,11 @@ impl process::Host for HostState {
         stdin: Resource<Payload>,
     ) -> wasmtime::Result<Result<String, String>> {
         let input = self.payload(&stdin)?.0.clone();
-        let result = (|| {
-            let owner = self.owner()?;
-            self.process_cap()?.spawn(&owner, command_spec(cmd), input)
-        })();
-        Ok(result)
+        let (owner, cap) = match (self.owner(), self.process_cap()) {
+            (Ok(owner), Ok(cap)) => (owner, cap),
+            (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+        };
+        Ok(cap.spawn(&owner, command_spec(cmd), input).await)
     }
 
     async fn status(&mut self, handle: String) -> wasmtime::Result<Result<Option<process::Exit>, String>> {

@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod kube;
+pub mod postgres;
 
 /// Paths of the guest components built for the tests.
 pub mod artifacts {
@@ -23,13 +24,21 @@ pub struct Host {
     /// Everything the process wrote to stderr so far (its logs), shared with a reader task.
     logs: std::sync::Arc<std::sync::Mutex<String>>,
     pub client: reqwest::Client,
+    /// The directory of the host's own embedded store, when the caller did not choose a store.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl Host {
     /// Starts `binary serve` with `args` (plus loopback port-0 listeners) and `env`, and waits
-    /// until it prints its ready line.
+    /// until it prints its ready line. Unless `args` or `env` choose a store, the host gets an
+    /// embedded one of its own in a temporary directory.
     pub async fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Host> {
+        let chosen = args.contains(&"--store") || env.iter().any(|(k, _)| *k == "NANOFAAS_STORE");
+        let state = if chosen { None } else { Some(tempfile::tempdir()?) };
         let mut cmd = Command::new(binary);
+        if let Some(dir) = &state {
+            cmd.env("NANOFAAS_STORE", format!("sqlite:{}", dir.path().join("nanofaas.db").display()));
+        }
         cmd.arg("serve")
             .args(args)
             .current_dir(repo_root())
@@ -75,7 +84,7 @@ impl Host {
         let words: Vec<&str> = line.split_whitespace().collect();
         let api = words.get(1).ok_or_else(|| anyhow::anyhow!("bad ready line {line}"))?.to_string();
         let admin = words.get(3).ok_or_else(|| anyhow::anyhow!("bad ready line {line}"))?.to_string();
-        Ok(Host { child, api, admin, logs, client: reqwest::Client::new() })
+        Ok(Host { child, api, admin, logs, client: reqwest::Client::new(), _state: state })
     }
 
     pub fn logs(&self) -> String {
@@ -101,6 +110,18 @@ impl Host {
         Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
     }
 
+    /// Kills the process at once (SIGKILL): a crash.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
@@ -108,6 +129,24 @@ impl Host {
         }
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
+}
+
+/// Processes whose command line contains `marker`, as (pid, start time in ticks).
+pub fn processes_with(marker: &str) -> Vec<(i32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            if !String::from_utf8_lossy(&cmdline).contains(marker) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ticks = stat[stat.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()?;
+            Some((pid, ticks))
+        })
+        .collect()
 }
 
 /// A fresh plugin directory holding copies of `files` as `(name in the directory, source)`.

@@ -37,6 +37,8 @@ struct Config {
     reject_validate: Option<String>,
     trap_validate: bool,
     url: Option<String>,
+    /// Log the callback token (so a test can call back as a remote runner would).
+    log_token: bool,
 }
 
 fn config(json: &str) -> Config {
@@ -71,7 +73,12 @@ impl Guest for Testkit {
         let c = config(&inv.function.config);
         match c.behavior.as_deref().unwrap_or("echo") {
             "echo" => Ok(echo(&inv, input)),
-            "pending" => Ok(Outcome::Pending(Pending { handle: "h0".into(), poll_after_ms: c.poll_after_ms })),
+            "pending" => {
+                if c.log_token {
+                    log(Level::Info, &format!("callback-token {} {}", inv.execution_id, inv.callback_token));
+                }
+                Ok(Outcome::Pending(Pending { handle: "h0".into(), poll_after_ms: c.poll_after_ms }))
+            }
             "fail" => {
                 if inv.attempt <= c.fail_attempts.unwrap_or(u32::MAX) {
                     Err(Failure {

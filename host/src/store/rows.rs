@@ -1,0 +1,214 @@
+//! What both SQL drivers share: the columns of an execution row and their mapping to and from
+//! a [`Record`], written once over sqlx's generic row and query types.
+
+use std::time::SystemTime;
+
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
+
+use super::{KeyRecord, StoreError};
+use crate::execution::{
+    ErrorInfo, ErrorKind, FinishedBy, Input, Output, PendingWork, Record, Snapshot, Status, from_unix_ms, unix_ms,
+};
+use crate::function::FunctionSpec;
+
+/// The columns of `executions`, in the order [`bind_execution`] binds them.
+pub(super) const EXECUTION_COLUMNS: &str = "id, function, spec, trace_id, idempotency_key, input_content_type, input, \
+     input_metadata, accepted_at_ms, deadline_ms, status, attempt, started_at_ms, finished_at_ms, output_content_type, \
+     output, error_code, error_message, error_kind, finished_by, pending_handle, pending_attempt, pending_resumable, \
+     owner, epoch";
+
+/// The statuses of unfinished executions, as SQL.
+pub(super) const UNFINISHED: &str = "('queued', 'running')";
+
+pub(super) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments>;
+
+fn ms(t: SystemTime) -> i64 {
+    unix_ms(t) as i64
+}
+
+fn time(ms: i64) -> SystemTime {
+    from_unix_ms(ms.max(0) as u64)
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} `{value}`"))
+}
+
+/// Binds every column of `record` (in [`EXECUTION_COLUMNS`] order).
+pub(super) fn bind_execution<'q, DB: Database>(q: Query<'q, DB>, r: &Record) -> Result<Query<'q, DB>, StoreError>
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<Vec<u8>>: Encode<'t, DB> + Type<DB>,
+{
+    let spec = serde_json::to_string(&r.spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let metadata = serde_json::to_string(&r.input.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let s = &r.snapshot;
+    let pending = r.pending.as_ref();
+    Ok(q.bind(r.id.clone())
+        .bind(r.spec.name.clone())
+        .bind(spec)
+        .bind(r.trace_id.clone())
+        .bind(r.idempotency_key.clone())
+        .bind(r.input.content_type.clone())
+        .bind(r.input.body.to_vec())
+        .bind(metadata)
+        .bind(ms(r.accepted_at))
+        .bind(r.deadline_unix_ms as i64)
+        .bind(s.status.as_str().to_string())
+        .bind(i64::from(s.attempt))
+        .bind(s.started_at.map(ms))
+        .bind(s.finished_at.map(ms))
+        .bind(s.output.as_ref().map(|o| o.content_type.clone()))
+        .bind(s.output.as_ref().map(|o| o.body.to_vec()))
+        .bind(s.error.as_ref().map(|e| e.code.clone()))
+        .bind(s.error.as_ref().map(|e| e.message.clone()))
+        .bind(s.error_kind.map(|k| k.as_str().to_string()))
+        .bind(s.finished_by.map(|b| b.as_str().to_string()))
+        .bind(pending.map(|p| p.handle.clone()))
+        .bind(pending.map(|p| i64::from(p.attempt)))
+        .bind(pending.map(|p| i64::from(p.resumable)))
+        .bind(r.owner.clone())
+        .bind(r.epoch as i64))
+}
+
+/// Binds the terminal columns of a settle: status, attempt, finished_at_ms, output_content_type,
+/// output, error_code, error_message, error_kind, finished_by.
+pub(super) fn bind_terminal<'q, DB: Database>(q: Query<'q, DB>, s: &Snapshot) -> Query<'q, DB>
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<Vec<u8>>: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(s.status.as_str().to_string())
+        .bind(i64::from(s.attempt))
+        .bind(s.finished_at.map(ms))
+        .bind(s.output.as_ref().map(|o| o.content_type.clone()))
+        .bind(s.output.as_ref().map(|o| o.body.to_vec()))
+        .bind(s.error.as_ref().map(|e| e.code.clone()))
+        .bind(s.error.as_ref().map(|e| e.message.clone()))
+        .bind(s.error_kind.map(|k| k.as_str().to_string()))
+        .bind(s.finished_by.map(|b| b.as_str().to_string()))
+}
+
+/// Reads an execution row (all of [`EXECUTION_COLUMNS`]).
+pub(super) fn read_execution<R>(row: &R) -> Result<Record, StoreError>
+where
+    R: Row,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let text = |c: &str| row.try_get::<String, _>(c);
+    let opt_int = |c: &str| row.try_get::<Option<i64>, _>(c);
+    let spec = read_spec(&text("spec")?)?;
+    let metadata: Vec<(String, String)> =
+        serde_json::from_str(&text("input_metadata")?).map_err(|e| corrupt("metadata", &e.to_string()))?;
+    let pending = match (row.try_get::<Option<String>, _>("pending_handle")?, opt_int("pending_attempt")?) {
+        (Some(handle), Some(attempt)) => Some(PendingWork {
+            handle,
+            attempt: attempt as u32,
+            resumable: opt_int("pending_resumable")?.unwrap_or(0) != 0,
+        }),
+        _ => None,
+    };
+    Ok(Record {
+        id: text("id")?,
+        spec,
+        trace_id: text("trace_id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        input: Input {
+            content_type: text("input_content_type")?,
+            body: row.try_get::<Vec<u8>, _>("input")?.into(),
+            metadata,
+        },
+        accepted_at: time(row.try_get("accepted_at_ms")?),
+        deadline_unix_ms: row.try_get::<i64, _>("deadline_ms")?.max(0) as u64,
+        snapshot: read_snapshot(row)?,
+        pending,
+        owner: row.try_get("owner")?,
+        epoch: row.try_get::<i64, _>("epoch")? as u64,
+    })
+}
+
+/// Reads the state columns of an execution row: status, attempt, timestamps, result.
+pub(super) fn read_snapshot<R>(row: &R) -> Result<Snapshot, StoreError>
+where
+    R: Row,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let opt_text = |c: &str| row.try_get::<Option<String>, _>(c);
+    let status_text: String = row.try_get("status")?;
+    let status = Status::parse(&status_text).ok_or_else(|| corrupt("status", &status_text))?;
+    let output = match (opt_text("output_content_type")?, row.try_get::<Option<Vec<u8>>, _>("output")?) {
+        (Some(content_type), Some(body)) => Some(Output { content_type, body: body.into() }),
+        _ => None,
+    };
+    let error = match (opt_text("error_code")?, opt_text("error_message")?) {
+        (Some(code), Some(message)) => Some(ErrorInfo { code, message }),
+        _ => None,
+    };
+    let error_kind = match opt_text("error_kind")? {
+        Some(k) => Some(ErrorKind::parse(&k).ok_or_else(|| corrupt("error kind", &k))?),
+        None => None,
+    };
+    let finished_by = match opt_text("finished_by")? {
+        Some(b) => Some(FinishedBy::parse(&b).ok_or_else(|| corrupt("finisher", &b))?),
+        None => None,
+    };
+    Ok(Snapshot {
+        status,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        started_at: row.try_get::<Option<i64>, _>("started_at_ms")?.map(time),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at_ms")?.map(time),
+        output,
+        error,
+        error_kind,
+        finished_by,
+    })
+}
+
+/// Reads an idempotency key row (`function, key, execution_id, fingerprint, expires_at_ms`).
+pub(super) fn read_key<R>(row: &R) -> Result<KeyRecord, StoreError>
+where
+    R: Row,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let fp: Vec<u8> = row.try_get("fingerprint")?;
+    Ok(KeyRecord {
+        function: row.try_get("function")?,
+        key: row.try_get("key")?,
+        fingerprint: fp.try_into().map_err(|_| StoreError::Corrupt("a fingerprint is not 32 bytes".into()))?,
+        execution_id: row.try_get("execution_id")?,
+        expires_at: time(row.try_get("expires_at_ms")?),
+    })
+}
+
+/// A function spec as stored.
+pub(super) fn spec_json(spec: &FunctionSpec) -> String {
+    serde_json::to_string(spec).expect("a spec serializes")
+}
+
+pub(super) fn read_spec(text: &str) -> Result<FunctionSpec, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt("function spec", &e.to_string()))
+}
+
+pub(super) fn now_ms() -> i64 {
+    ms(SystemTime::now())
+}
+
+pub(super) fn to_ms(t: SystemTime) -> i64 {
+    ms(t)
+}
