@@ -366,3 +366,61 @@ async fn registration_needs_a_cluster_an_image_and_a_command() {
     assert_eq!(status, 400);
     host.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_survives_a_host_crash_and_is_adopted_not_created_again() {
+    let ns = "k-restart";
+    let kubeconfig = cluster().host_namespace(ns, true).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", state.path().join("nanofaas.db").display());
+    // The same address after the restart: the pods call back there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--kube-namespace", ns, "--store", store.as_str(), "--retry-base-ms", "50"];
+    let env = [("KUBECONFIG", kubeconfig.to_str().unwrap()), ("NANOFAAS_LISTEN", listen.as_str())];
+    let host = Host::start(binary(), &args, &env).await.unwrap();
+    register(&host, job_function("slow", "k8s-job", &["python3", "-c", PY], 60_000, json!({}))).await;
+    register(&host, job_function("polled", "job-poll", &["python3", "-c", PY], 60_000, json!({}))).await;
+    let mut ids = Vec::new();
+    for function in ["slow", "polled"] {
+        let (status, body) = host
+            .post(&format!("/v1/functions/{function}:enqueue"), json!({"input": {"sleep": 4, "f": function}}))
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{body}");
+        ids.push((function, body["executionId"].as_str().unwrap().to_string()));
+    }
+    for _ in 0..200 {
+        if jobs(ns).await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: Vec<_> = jobs(ns).await.into_iter().map(|j| j.metadata.name.unwrap()).collect();
+    assert_eq!(before.len(), 2, "{before:?}");
+    host.kill().await.unwrap();
+    // The functions finish while no host runs; their callbacks fail and are retried.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let host = Host::start(binary(), &args, &env).await.unwrap();
+    for (function, id) in &ids {
+        let mut body = Value::Null;
+        for _ in 0..300 {
+            body = host.get(&format!("/v1/executions/{id}")).await.unwrap().1;
+            if body["status"] != "running" && body["status"] != "queued" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(body["status"], "success", "{function}: {body}");
+        assert_eq!(body["output"], json!({"echo": {"sleep": 4, "f": function}}));
+        assert_eq!(body["attempt"], 1, "{function}: the same attempt, taken up");
+    }
+    let m = metrics(&host).await;
+    assert_eq!(metric(&m, "nanofaas_job_created_total", "slow"), 0.0, "no Job was created again: {m}");
+    assert_eq!(metric(&m, "nanofaas_job_created_total", "polled"), 0.0);
+    assert_eq!(metric(&m, "nanofaas_executions_recovered_total", r#"action="resumed""#), 2.0, "{m}");
+    assert!(metric(&m, "nanofaas_callbacks_total", r#"outcome="accepted""#) >= 1.0, "a retried callback was accepted");
+    wait_no_jobs(ns).await;
+    host.stop().await.unwrap();
+}

@@ -186,3 +186,30 @@ async fn a_graceful_restart_hands_executions_over() {
     assert_eq!(body["attempt"], 1, "the same attempt, resumed");
     host.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_does_not_strand_its_execution() {
+    let state = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", state.path().join("nanofaas.db").display());
+    let args = ["--store", store.as_str()];
+    let host = Host::start(binary(), &args, &[]).await.unwrap();
+    register(&host, json!({"name": "quick", "executionMode": "LOCAL", "queueSize": 10000})).await;
+    // Clients that give up at once: many requests are dropped while their execution is
+    // being recorded.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_micros(300)).build().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let (client, url) = (impatient.clone(), host.url("/v1/functions/quick:enqueue"));
+        tasks.push(tokio::spawn(async move { client.post(url).json(&json!({"input": i})).send().await.is_ok() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Everything the store has was driven to its end: a new host process finds nothing to take up.
+    assert!(host.stop().await.unwrap().success());
+    let host = Host::start(binary(), &args, &[]).await.unwrap();
+    let metrics = host.client.get(format!("{}/metrics", host.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("nanofaas_executions_recovered_total"), "executions were left unfinished: {metrics}");
+    host.stop().await.unwrap();
+}

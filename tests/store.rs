@@ -9,7 +9,9 @@ use nanofaas::execution::{
     ErrorInfo, ErrorKind, FinishedBy, Input, Output, PendingWork, Record, Snapshot, Status, from_unix_ms, unix_ms,
 };
 use nanofaas::function::FunctionSpec;
-use nanofaas::store::{self, Event, KeyRecord, Location, ProcessRecord, Store, StoreError, TakeOver, Write, Written};
+use nanofaas::store::{
+    self, Event, KeyRecord, Limit, Location, ProcessRecord, Store, StoreError, TakeOver, Write, Written,
+};
 use nanofaas_test_support::postgres::Postgres;
 
 /// A store of each kind, with what keeps it alive.
@@ -352,8 +354,9 @@ async fn postgres_shares_admission_slots_and_events() {
     let a = under.open().await;
     let b = under.open().await;
     let mut events = b.events().expect("a shared store has events");
-    let admit = |id: &str| Write::Insert { record: Box::new(record(id, "a")), key: None, limit: Some(2) };
-    assert_eq!(a.write(admit("e1")).await.unwrap(), Written::Inserted);
+    let limit = Some(Limit { total: 2, concurrency: 1 });
+    let admit = |id: &str| Write::Insert { record: Box::new(record(id, "a")), key: None, limit };
+    assert_eq!(a.write(admit("e1")).await.unwrap(), Written::InsertedWithSlot, "a free slot comes with the insert");
     assert_eq!(b.write(admit("e2")).await.unwrap(), Written::Inserted);
     assert_eq!(a.write(admit("e3")).await.unwrap(), Written::Overloaded, "the limit holds across replicas");
     assert_eq!(a.execution("e3").await.unwrap(), None);

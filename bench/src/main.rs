@@ -10,12 +10,16 @@
 //! - `pool`: a `pool` function vs POSTing to the same endpoint directly with `reqwest`.
 //! - `kube`: Kubernetes Jobs against the test API server: invoke-to-Job-created and
 //!   callback-to-response latency, API requests per execution.
+//! - `store`: durable `:enqueue` acceptance on each store, sync invoke with SQLite vs
+//!   `memory:`, and the takeover time of a killed replica (real host processes, `wrk` as the
+//!   load generator).
 
 mod capability;
 mod dispatch;
 mod http;
 mod kube;
 mod stats;
+mod store;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +62,16 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         executions: usize,
     },
+    /// The durable store: enqueue acceptance, invoke cost, replica takeover.
+    Store {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
     /// `pool` invoke vs calling the same endpoint directly.
     Pool {
         #[arg(long, default_value_t = 10_000)]
@@ -77,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Local { calls, concurrency } => capability::local(calls, concurrency).await,
             Bench::Pool { calls, concurrency } => capability::pool(calls, concurrency).await,
             Bench::Kube { executions } => kube::run(executions).await,
+            Bench::Store { rounds, seconds, connections } => store::run(rounds, seconds, connections).await,
         }
     })
 }

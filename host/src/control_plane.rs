@@ -231,7 +231,10 @@ impl ControlPlane {
             return Err(RegisterError::Conflict(spec.name));
         }
         let function = self.function_of(spec.clone());
-        if !self.registry().insert(function) {
+        if self.store().info().durable {
+            // The store decided (across replicas); the registry follows it.
+            self.registry().put(function);
+        } else if !self.registry().insert(function) {
             return Err(RegisterError::Conflict(spec.name));
         }
         tracing::info!(function = %spec.name, dispatcher = spec.dispatcher.as_deref().unwrap_or(""), "function registered");
@@ -323,13 +326,25 @@ impl ControlPlane {
     /// for an asynchronous one on a durable store, once it is recorded.
     pub async fn submit(&self, function: &str, input: Input, opts: SubmitOptions) -> Result<Attach, SubmitError> {
         let f = self.registry().get(function).ok_or_else(|| SubmitError::UnknownFunction(function.to_string()))?;
-        Ok(match self.0.ledger.accept(&f, input, opts).await? {
-            Accepted::New(exec, admission) => {
-                self.0.dispatcher.spawn(exec.clone(), admission, Start::Fresh);
-                Attach::New(exec)
-            }
-            Accepted::Existing(exec) => Attach::Existing(exec),
-        })
+        let store_first = self.0.ledger.durable_at_accept(&opts) || opts.idempotency_key.is_some();
+        let cp = self.clone();
+        let accept = async move {
+            Ok(match cp.0.ledger.accept(&f, input, opts).await? {
+                Accepted::New(exec, admission) => {
+                    cp.0.dispatcher.spawn(exec.clone(), admission, Start::Fresh);
+                    Attach::New(exec)
+                }
+                Accepted::Existing(exec) => Attach::Existing(exec),
+            })
+        };
+        if store_first {
+            // Once the store has an execution it must be driven, even if the request that
+            // brought it is dropped meanwhile (the client hung up): accepting runs to its end on
+            // a task of its own.
+            tokio::spawn(accept).await.expect("accepting does not panic")
+        } else {
+            accept.await
+        }
     }
 
     /// The invocation record plugins get for an attempt.

@@ -28,7 +28,7 @@ use crate::execution::{ErrorInfo, Execution, Finish, FinishedBy, Input, NewExecu
 use crate::function::{Function, FunctionSpec};
 use crate::metrics::Metrics;
 use crate::queue::{Admission, Overload, Slot};
-use crate::store::{KeyRecord, Store, StoreError, Write, Written};
+use crate::store::{KeyRecord, Limit, Store, StoreError, Write, Written};
 
 /// Builds the function an execution read back from the store runs with (the spec it was
 /// accepted with, admitted through the registered function's queue when there is one).
@@ -172,6 +172,10 @@ impl Ledger {
     /// An execution held in memory or, failing that, in the store (as a detached copy).
     pub async fn find(&self, id: &str) -> Result<Option<Arc<Execution>>, StoreError> {
         if let Some(exec) = self.get(id) {
+            // With replicas, another one may have finished it a moment ago: the store says.
+            if self.store.info().shared && !exec.is_terminal() {
+                self.refresh(&exec).await;
+            }
             return Ok(Some(exec));
         }
         Ok(self.store.execution(id).await?.map(|record| self.restored(record)))
@@ -213,13 +217,15 @@ impl Ledger {
         {
             return Ok(Accepted::Existing(exec));
         }
-        let admission = function.queue.admit().map_err(|Overload::QueueFull { concurrency, queue_size }| {
+        let mut admission = function.queue.admit().map_err(|Overload::QueueFull { concurrency, queue_size }| {
             self.metrics.rejected.with_label_values(&[name, "queue_full"]).inc();
             SubmitError::Overloaded { function: name.to_string(), concurrency, queue_size }
         })?;
         let timeout = opts.timeout.map_or(function.timeout(), |t| t.min(function.timeout()));
+        let durable = self.durable_at_accept(&opts);
         let exec = Arc::new(Execution::new(NewExecution {
-            id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUIDv7): new rows go to the end of the store's index, not anywhere.
+            id: uuid::Uuid::now_v7().to_string(),
             function: function.clone(),
             trace_id: opts.trace_id.unwrap_or_else(new_trace_id),
             idempotency_key: opts.idempotency_key.clone(),
@@ -227,7 +233,6 @@ impl Ledger {
             timeout,
         }));
         let info = self.store.info();
-        let durable = info.durable && (opts.asynchronous || key.is_some() || info.shared);
         if durable || key.is_some() {
             if durable {
                 exec.make_durable();
@@ -239,7 +244,9 @@ impl Ledger {
                 execution_id: exec.id.clone(),
                 expires_at: SystemTime::now() + self.retention.keys,
             });
-            let limit = info.shared.then(|| function.queue.capacity());
+            let limit = info
+                .shared
+                .then(|| Limit { total: function.queue.capacity(), concurrency: function.queue.concurrency() });
             // Twice at most: once more after forgetting a key whose execution is gone.
             for _ in 0..2 {
                 let record = Box::new(exec.record(Some(&self.replica)));
@@ -262,6 +269,11 @@ impl Ledger {
                             queue_size: queue.capacity() - queue.concurrency(),
                         });
                     }
+                    // A shared store had a slot free: no need to ask for one.
+                    Written::InsertedWithSlot => {
+                        admission = Admission::Running(function.queue.shared_slot());
+                        break;
+                    }
                     _ => break,
                 }
             }
@@ -269,6 +281,13 @@ impl Ledger {
         self.lock().by_id.insert(exec.id.clone(), exec.clone());
         tracing::debug!(execution_id = %exec.id, function = name, trace_id = %exec.trace_id, durable, "execution accepted");
         Ok(Accepted::New(exec, admission))
+    }
+
+    /// Whether an execution accepted with `opts` is written to the store before it is
+    /// acknowledged (see the module documentation).
+    pub fn durable_at_accept(&self, opts: &SubmitOptions) -> bool {
+        let info = self.store.info();
+        info.durable && (opts.asynchronous || opts.idempotency_key.is_some() || info.shared)
     }
 
     /// The execution a live key names, if the request is the same one.
@@ -413,9 +432,8 @@ impl Ledger {
                 Err(e) => tracing::error!(execution_id = %exec.id, error = %e, "cannot record a terminal state"),
             }
         }
-        if !exec.publish(terminal) {
-            return false;
-        }
+        // This finish is the recorded one. (An event about it may have published it already.)
+        exec.publish(terminal);
         self.count_finished(exec);
         self.retain(&exec.id);
         true

@@ -143,8 +143,10 @@ pub struct ProcessRecord {
 pub enum Write {
     /// A new execution, owned by `record.owner`. With `key`, re-attaches instead when the key
     /// names a live execution ([`Written::Existing`]). With `limit` (shared stores), refused when
-    /// the function already has that many unfinished executions ([`Written::Overloaded`]).
-    Insert { record: Box<Record>, key: Option<KeyRecord>, limit: Option<u32> },
+    /// the function already has `limit.total` unfinished executions ([`Written::Overloaded`]);
+    /// when fewer than `limit.concurrency` hold a slot, the store may grant it one at once
+    /// ([`Written::InsertedWithSlot`]).
+    Insert { record: Box<Record>, key: Option<KeyRecord>, limit: Option<Limit> },
     /// An attempt started.
     Start { id: String, epoch: u64, attempt: u32, started_at: SystemTime },
     /// The pending work of the current attempt (none: no work pending).
@@ -163,11 +165,22 @@ pub enum Write {
     ForgetKey { function: String, key: String },
 }
 
+/// A function's bounds, for a shared store's admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Limit {
+    /// Unfinished executions at most (concurrency + queue).
+    pub total: u32,
+    /// Executions holding a slot at most.
+    pub concurrency: u32,
+}
+
 /// What a write did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Written {
     Done,
     Inserted,
+    /// Inserted, and granted a concurrency slot (shared stores).
+    InsertedWithSlot,
     /// The idempotency key names this live execution.
     Existing(KeyRecord),
     /// The function is at capacity (shared admission).

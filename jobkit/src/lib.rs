@@ -357,7 +357,7 @@ mod tests {
             metadata: &[],
         };
         let m = manifest(&f, &a, Input::Inline("{\"a\":1}".into()), &Config::default());
-        assert_eq!(m["metadata"]["name"], "hello-0f1e2d3c-2");
+        assert_eq!(m["metadata"]["name"], "hello-0f1e2d3caaaabbbb-2");
         assert_eq!(m["spec"]["backoffLimit"], 0);
         assert_eq!(m["spec"]["activeDeadlineSeconds"], 30 + 5, "rounded up, plus the margin");
         assert_eq!(m["spec"]["ttlSecondsAfterFinished"], 600);

@@ -39,6 +39,9 @@ CREATE TABLE executions (
     slot BIGINT NOT NULL DEFAULT 0
 ) WITH (fillfactor = 80);
 CREATE INDEX executions_unfinished ON executions (owner) WHERE status IN ('queued', 'running');
+-- What shared admission counts: a function's unfinished executions, and those holding a slot.
+CREATE INDEX executions_active ON executions (function) WHERE status IN ('queued', 'running');
+CREATE INDEX executions_slots ON executions (function) WHERE slot = 1;
 CREATE INDEX executions_finished ON executions (finished_at_ms) WHERE finished_at_ms IS NOT NULL;
 
 CREATE TABLE idempotency_keys (
@@ -74,10 +77,9 @@ CREATE TABLE processes (
     PRIMARY KEY (replica, pgid)
 );
 
--- Admission shared by the replicas: unfinished executions and held slots per function,
--- changed in the same transaction as the executions they count.
-CREATE TABLE function_load (
-    function TEXT PRIMARY KEY,
-    active BIGINT NOT NULL,
-    running BIGINT NOT NULL
+-- One row per function name, locked (never updated) while a replica admits executions of the
+-- function or grants one a slot, so the counts it reads stay true until it commits. Counting
+-- instead of keeping counters means no row is rewritten on every admission and finish.
+CREATE TABLE function_locks (
+    function TEXT PRIMARY KEY
 );

@@ -6,6 +6,14 @@
 //! commit, not one per request, and no write overtakes an earlier one. A transaction that fails
 //! as a whole (the database went away) is tried again with backoff for a bounded time before
 //! its writers are told.
+//!
+//! Within a transaction a driver does not send a statement per write: [`Plan`] groups the
+//! common writes by kind (new executions, attempt starts, pending work, terminal states) so
+//! that each group is one multi-row statement, whatever the batch size. Grouping keeps the
+//! order that matters — an execution is inserted before it is started, started before its
+//! pending work is recorded, and all of that before it is settled — and a start or pending
+//! write followed by a later one of the same execution in the same batch is answered by the
+//! later one (only the last state is written).
 
 use std::time::Duration;
 
@@ -26,6 +34,91 @@ const RETRY_LAST: Duration = Duration::from_secs(2);
 pub(super) trait Driver: Send + 'static {
     async fn apply(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError>;
 }
+
+/// How a batch is applied: which writes go one by one, and which in groups.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Applied first, one by one, in order: the writes that decide something (an insert with an
+    /// idempotency key or a capacity limit, a slot) and the rare kinds.
+    pub singles: Vec<usize>,
+    /// Inserts without an idempotency key (a shared store admits them by function, as a group).
+    pub inserts: Vec<usize>,
+    /// The last start of each execution.
+    pub starts: Vec<usize>,
+    /// The last pending write of each execution.
+    pub pendings: Vec<usize>,
+    /// The first settle of each execution.
+    pub settles: Vec<usize>,
+    /// Applied last, one by one: further settles of an execution already settled above.
+    pub after: Vec<usize>,
+    /// Writes answered by another: (write, the write whose result it gets).
+    pub folded: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    pub(super) fn of(writes: &[Write]) -> Self {
+        use std::collections::HashMap;
+        let mut plan = Plan::default();
+        let mut last_start: HashMap<&str, usize> = HashMap::new();
+        let mut last_pending: HashMap<&str, usize> = HashMap::new();
+        let mut settled: HashMap<&str, usize> = HashMap::new();
+        for (i, write) in writes.iter().enumerate() {
+            match write {
+                Write::Insert { key: None, .. } => plan.inserts.push(i),
+                Write::Start { id, .. } => {
+                    if let Some(earlier) = last_start.insert(id, i) {
+                        plan.folded.push((earlier, i));
+                    }
+                }
+                Write::Pending { id, .. } => {
+                    if let Some(earlier) = last_pending.insert(id, i) {
+                        plan.folded.push((earlier, i));
+                    }
+                }
+                Write::Settle { id, .. } => {
+                    if settled.contains_key(id.as_str()) {
+                        plan.after.push(i);
+                    } else {
+                        settled.insert(id, i);
+                    }
+                }
+                _ => plan.singles.push(i),
+            }
+        }
+        // A start settled in the same batch is written by the settle (which carries the start
+        // time): one row update instead of two.
+        last_start.retain(|id, start| match settled.get(id) {
+            Some(&settle) => {
+                plan.folded.push((*start, settle));
+                false
+            }
+            None => true,
+        });
+        plan.starts = last_start.into_values().collect();
+        plan.pendings = last_pending.into_values().collect();
+        plan.settles = settled.into_values().collect();
+        for group in [&mut plan.starts, &mut plan.pendings, &mut plan.settles] {
+            group.sort_unstable();
+        }
+        plan
+    }
+
+    /// Fills the results of folded writes from the writes that answered for them.
+    pub(super) fn unfold(&self, results: &mut [Option<Result<Written, StoreError>>]) {
+        // Later folds may point at writes that were folded themselves: resolve from the end.
+        for &(write, by) in self.folded.iter().rev() {
+            let answer = match &results[by] {
+                Some(Ok(w)) => Ok(w.clone()),
+                Some(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+                None => Err(StoreError::Unavailable("unanswered write".into())),
+            };
+            results[write] = Some(answer);
+        }
+    }
+}
+
+/// Rows per multi-row statement: SQLite takes at most 32,766 parameters, PostgreSQL 65,535.
+pub(super) const ROWS_PER_STATEMENT: usize = 400;
 
 struct Job {
     write: Write,
@@ -88,8 +181,17 @@ async fn apply_with_retry(
 ) -> Vec<Result<Written, StoreError>> {
     let mut delay = RETRY_FIRST;
     loop {
+        let started = std::time::Instant::now();
         match driver.apply(writes).await {
-            Ok(results) => return results,
+            Ok(results) => {
+                tracing::trace!(
+                    store = name,
+                    writes = writes.len(),
+                    us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+                return results;
+            }
             Err(e) if delay <= RETRY_LAST => {
                 tracing::warn!(store = name, error = %e, writes = writes.len(), retry_ms = delay.as_millis() as u64,
                     "store transaction failed; retrying");
@@ -101,5 +203,45 @@ async fn apply_with_retry(
                 return writes.iter().map(|_| Err(StoreError::Unavailable(message.clone()))).collect();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::execution::Snapshot;
+
+    fn start(id: &str, attempt: u32) -> Write {
+        Write::Start { id: id.into(), epoch: 1, attempt, started_at: SystemTime::UNIX_EPOCH }
+    }
+
+    fn settle(id: &str) -> Write {
+        Write::Settle { id: id.into(), function: "f".into(), epoch: None, terminal: Snapshot::queued() }
+    }
+
+    #[test]
+    fn plans_group_by_kind_and_keep_the_last_state() {
+        let writes = vec![
+            start("a", 1),
+            Write::ForgetKey { function: "f".into(), key: "k".into() },
+            start("b", 1),
+            start("a", 2),
+            settle("b"),
+            Write::Pending { id: "a".into(), epoch: 1, pending: None },
+            settle("b"),
+        ];
+        let plan = Plan::of(&writes);
+        assert_eq!(plan.singles, [1]);
+        assert_eq!(plan.starts, [3], "the last start of each execution, unless it is settled in the batch");
+        assert_eq!(plan.pendings, [5]);
+        assert_eq!(plan.settles, [4]);
+        assert_eq!(plan.after, [6], "a second settle of one execution goes after the first");
+        assert_eq!(plan.folded, [(0, 3), (2, 4)]);
+        let mut results: Vec<Option<Result<Written, StoreError>>> = (0..writes.len()).map(|_| None).collect();
+        results[3] = Some(Ok(Written::Lost));
+        plan.unfold(&mut results);
+        assert!(matches!(results[0], Some(Ok(Written::Lost))), "answered like the start that superseded it");
     }
 }

@@ -3,7 +3,8 @@
 //! What one process decides in memory on an embedded store is decided here, in the same
 //! transaction as the write it guards: the first recorded finish (a conditional update), the
 //! lease epoch of the replica that drives an execution, idempotency keys, and a function's
-//! capacity (`function_load` counts its unfinished executions and held slots). Lease times are
+//! capacity (its unfinished executions and held slots, counted under a lock on the function's
+//! row in `function_locks`). Lease times are
 //! the database's clock, so replicas' clocks need not agree. Replicas hear of each other's
 //! finishes, registrations and freed slots by `LISTEN/NOTIFY` on one channel; a notification is
 //! sent by the transaction that makes the change, at its commit.
@@ -12,12 +13,14 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
-use super::batch::{Batcher, Driver};
+use super::batch::{Batcher, Driver, Plan, ROWS_PER_STATEMENT};
 use super::rows::{self, EXECUTION_COLUMNS, UNFINISHED};
-use super::{Event, Info, KeyRecord, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written};
+use super::{
+    Event, Info, KeyRecord, Limit, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written,
+};
 use crate::execution::Record;
 use crate::function::FunctionSpec;
 
@@ -145,21 +148,19 @@ struct Writer {
 impl Driver for Writer {
     async fn apply(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes {
-            match apply(&mut tx, write).await {
-                Ok(written) => results.push(Ok(written)),
-                // One bad write (or a deadlock with another replica) must not take the batch
-                // down: apply the writes one by one.
-                Err(_) if writes.len() > 1 => {
-                    drop(tx);
-                    return self.apply_singly(writes).await;
-                }
-                Err(e) => return Err(e),
+        match apply_plan(&mut tx, writes).await {
+            Ok(results) => {
+                tx.commit().await?;
+                Ok(results)
             }
+            // One bad write (or a deadlock with another replica) must not take the batch
+            // down: apply the writes one by one.
+            Err(_) if writes.len() > 1 => {
+                drop(tx);
+                self.apply_singly(writes).await
+            }
+            Err(e) => Err(e),
         }
-        tx.commit().await?;
-        Ok(results)
     }
 }
 
@@ -176,6 +177,193 @@ impl Writer {
         }
         Ok(results)
     }
+}
+
+const START_TYPES: &[&str] = &["text", "bigint", "bigint", "bigint"];
+const PENDING_TYPES: &[&str] = &["text", "bigint", "text", "bigint", "bigint"];
+const SETTLE_TYPES: &[&str] =
+    &["text", "text", "bigint", "bigint", "text", "bytea", "text", "text", "text", "text", "bigint", "bigint"];
+
+/// A batch in one transaction: the decisive writes one by one, the rest a statement per group.
+async fn apply_plan(
+    tx: &mut Transaction<'_, Postgres>,
+    writes: &[Write],
+) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+    let plan = Plan::of(writes);
+    let mut results: Vec<Option<Result<Written, StoreError>>> = (0..writes.len()).map(|_| None).collect();
+    for &i in &plan.singles {
+        results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+    }
+    insert_groups(tx, writes, &plan.inserts, &mut results).await?;
+    for chunk in plan.starts.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE executions e SET status = 'running', attempt = v.attempt, \
+             started_at_ms = COALESCE(e.started_at_ms, v.started) FROM (VALUES {}) AS v (id, epoch, attempt, started) \
+             WHERE e.id = v.id AND e.epoch = v.epoch AND e.status IN {UNFINISHED} RETURNING e.id",
+            rows::values(chunk.len(), START_TYPES.len(), Some(START_TYPES))
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Start { id, epoch, attempt, started_at } = &writes[i] else {
+                unreachable!("planned as a start")
+            };
+            q = rows::bind_start_row(q, id, *epoch, *attempt, *started_at);
+        }
+        answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
+    }
+    for chunk in plan.pendings.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE executions e SET pending_handle = v.handle, pending_attempt = v.attempt, \
+             pending_resumable = v.resumable FROM (VALUES {}) AS v (id, epoch, handle, attempt, resumable) \
+             WHERE e.id = v.id AND e.epoch = v.epoch AND e.status IN {UNFINISHED} RETURNING e.id",
+            rows::values(chunk.len(), PENDING_TYPES.len(), Some(PENDING_TYPES))
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Pending { id, epoch, pending } = &writes[i] else { unreachable!("planned as pending") };
+            q = rows::bind_pending_row(q, id, *epoch, pending.as_ref());
+        }
+        answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
+    }
+    for chunk in plan.settles.chunks(ROWS_PER_STATEMENT) {
+        // One statement: the terminal states (first finish wins, epochs checked) and the
+        // notifications (finished; a slot freed).
+        let sql = format!(
+            "WITH v (id, status, attempt, finished, oct, output, ecode, emessage, ekind, fby, epoch, started) AS (VALUES {}), \
+             old AS (SELECT e.id, e.slot, e.function FROM executions e JOIN v ON e.id = v.id \
+                     WHERE e.status IN {UNFINISHED} AND (v.epoch IS NULL OR e.epoch = v.epoch) FOR UPDATE OF e), \
+             upd AS (UPDATE executions e SET status = v.status, attempt = v.attempt, finished_at_ms = v.finished, \
+                     started_at_ms = COALESCE(e.started_at_ms, v.started), \
+                     output_content_type = v.oct, output = v.output, error_code = v.ecode, error_message = v.emessage, \
+                     error_kind = v.ekind, finished_by = v.fby, pending_handle = NULL, pending_attempt = NULL, \
+                     pending_resumable = NULL, slot = 0 FROM v JOIN old ON old.id = v.id WHERE e.id = v.id \
+                     RETURNING e.id, old.slot, old.function), \
+             notes AS (SELECT pg_notify('{CHANNEL}', 'f:' || id) FROM upd \
+                       UNION ALL SELECT pg_notify('{CHANNEL}', 's:' || function) FROM upd WHERE slot > 0) \
+             SELECT upd.id, (SELECT count(*) FROM notes) AS notified FROM upd",
+            rows::values(chunk.len(), SETTLE_TYPES.len(), Some(SETTLE_TYPES))
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Settle { id, epoch, terminal, .. } = &writes[i] else { unreachable!("planned as a settle") };
+            q = rows::bind_settle_row(q, id, terminal, *epoch);
+        }
+        let settled = q.fetch_all(&mut **tx).await?;
+        answer_by_id(&mut results, writes, chunk, settled, Written::Settled)?;
+        // Those not settled: say why (finished first, lost, unknown), one by one — the rare case.
+        for &i in chunk {
+            if results[i].is_none() {
+                results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+            }
+        }
+    }
+    for &i in &plan.after {
+        results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+    }
+    plan.unfold(&mut results);
+    Ok(results.into_iter().map(|r| r.unwrap_or(Ok(Written::Lost))).collect())
+}
+
+/// New executions, admitted a function at a time: when all of a function's new executions in
+/// the batch fit under its limit, one statement takes their places and one inserts them;
+/// otherwise they are admitted one by one (until the function is full).
+async fn insert_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    writes: &[Write],
+    inserts: &[usize],
+    results: &mut [Option<Result<Written, StoreError>>],
+) -> Result<(), StoreError> {
+    let mut groups: std::collections::BTreeMap<(&str, Option<Limit>), Vec<usize>> = Default::default();
+    for &i in inserts {
+        let Write::Insert { record, limit, .. } = &writes[i] else { unreachable!("planned as an insert") };
+        groups.entry((record.spec.name.as_str(), *limit)).or_default().push(i);
+    }
+    for ((function, limit), members) in groups {
+        let mut granted = 0;
+        if let Some(Limit { total, concurrency }) = limit {
+            let k = members.len() as i64;
+            let (active, slots) = lock_function(tx, function).await?;
+            if active + k > i64::from(total) {
+                // Not all of them fit: one by one, until the function is full.
+                for &i in &members {
+                    results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+                }
+                continue;
+            }
+            granted = k.min((i64::from(concurrency) - slots).max(0));
+        }
+        // The first ones get the free slots, in the insert itself.
+        let columns = EXECUTION_COLUMNS.split(',').count() + 1;
+        for (c, chunk) in members.chunks(ROWS_PER_STATEMENT / 2).enumerate() {
+            let marks = (0..chunk.len())
+                .map(|r| {
+                    format!(
+                        "({})",
+                        (1..=columns).map(|c| format!("${}", r * columns + c)).collect::<Vec<_>>().join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT INTO executions ({EXECUTION_COLUMNS}, slot) VALUES {marks}");
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for (r, &i) in chunk.iter().enumerate() {
+                let Write::Insert { record, .. } = &writes[i] else { unreachable!("planned as an insert") };
+                let slot = ((c * (ROWS_PER_STATEMENT / 2) + r) as i64) < granted;
+                q = rows::bind_execution(q, record)?.bind(i64::from(slot));
+                results[i] = Some(Ok(if slot { Written::InsertedWithSlot } else { Written::Inserted }));
+            }
+            q.execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Locks function `name` for admission (its row in `function_locks`, created on first use)
+/// and counts its unfinished executions and those holding a slot. The lock is held until the
+/// transaction ends, so no other replica admits past what is counted here. The counts are a
+/// statement of their own, after the lock is taken: a statement's snapshot is taken when it
+/// starts, so counting in the locking statement would miss what the previous holder committed.
+async fn lock_function(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<(i64, i64), StoreError> {
+    const LOCK: &str = "SELECT 1 FROM function_locks WHERE function = $1 FOR UPDATE";
+    if sqlx::query(LOCK).bind(name).fetch_optional(&mut **tx).await?.is_none() {
+        sqlx::query("INSERT INTO function_locks (function) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(LOCK).bind(name).fetch_one(&mut **tx).await?;
+    }
+    Ok(sqlx::query_as::<_, (i64, i64)>(
+        "SELECT (SELECT count(*) FROM executions WHERE function = $1 AND status IN ('queued', 'running')), \
+         (SELECT count(*) FROM executions WHERE function = $1 AND slot = 1)",
+    )
+    .bind(name)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Answers the writes of `chunk` whose execution id came back with `hit`; the others `Lost`
+/// (for starts and pending writes) or unanswered (settles, looked at again).
+fn answer_by_id(
+    results: &mut [Option<Result<Written, StoreError>>],
+    writes: &[Write],
+    chunk: &[usize],
+    returned: Vec<sqlx::postgres::PgRow>,
+    hit: Written,
+) -> Result<(), StoreError> {
+    let ids: std::collections::HashSet<String> =
+        returned.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
+    for &i in chunk {
+        let id = match &writes[i] {
+            Write::Start { id, .. } | Write::Pending { id, .. } | Write::Settle { id, .. } => id,
+            _ => continue,
+        };
+        if ids.contains(id) {
+            results[i] = Some(Ok(hit.clone()));
+        } else if !matches!(writes[i], Write::Settle { .. }) {
+            results[i] = Some(Ok(Written::Lost));
+        }
+    }
+    Ok(())
 }
 
 async fn apply(tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Written, StoreError> {
@@ -208,16 +396,8 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Writ
                 }
             }
             if let Some(limit) = limit {
-                let admitted = sqlx::query(
-                    "INSERT INTO function_load (function, active, running) VALUES ($1, 1, 0) \
-                     ON CONFLICT (function) DO UPDATE SET active = function_load.active + 1 \
-                     WHERE function_load.active < $2 RETURNING active",
-                )
-                .bind(&record.spec.name)
-                .bind(i64::from(*limit))
-                .fetch_optional(&mut **tx)
-                .await?;
-                if admitted.is_none() {
+                let (active, _) = lock_function(tx, &record.spec.name).await?;
+                if active >= i64::from(limit.total) {
                     if let Some(key) = key {
                         sqlx::query(
                             "DELETE FROM idempotency_keys WHERE function = $1 AND key = $2 AND execution_id = $3",
@@ -270,14 +450,6 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Writ
             match settled {
                 Some(row) => {
                     let slot: i64 = row.try_get(0)?;
-                    sqlx::query(
-                        "UPDATE function_load SET active = GREATEST(active - 1, 0), running = GREATEST(running - $1, 0) \
-                         WHERE function = $2",
-                    )
-                    .bind(slot)
-                    .bind(function)
-                    .execute(&mut **tx)
-                    .await?;
                     notify(tx, format!("f:{id}")).await?;
                     if slot > 0 {
                         notify(tx, format!("s:{function}")).await?;
@@ -319,17 +491,12 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Writ
                 // A slot held before a takeover stays with the execution.
                 Some((1,)) => Written::Slot(true),
                 Some(_) => {
-                    let granted = sqlx::query(
-                        "UPDATE function_load SET running = running + 1 WHERE function = $1 AND running < $2 RETURNING 1",
-                    )
-                    .bind(function)
-                    .bind(i64::from(*concurrency))
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    if granted.is_some() {
+                    let (_, slots) = lock_function(tx, function).await?;
+                    let granted = slots < i64::from(*concurrency);
+                    if granted {
                         sqlx::query("UPDATE executions SET slot = 1 WHERE id = $1").bind(id).execute(&mut **tx).await?;
                     }
-                    Written::Slot(granted.is_some())
+                    Written::Slot(granted)
                 }
             }
         }

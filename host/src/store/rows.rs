@@ -212,3 +212,93 @@ pub(super) fn now_ms() -> i64 {
 pub(super) fn to_ms(t: SystemTime) -> i64 {
     ms(t)
 }
+
+/// `rows` rows of placeholders for a multi-row `VALUES`: `(?, ?), (?, ?)` for SQLite, or
+/// `($1::text, $2::bigint), ($3::text, …)` for PostgreSQL when `types` are given (PostgreSQL
+/// needs them to type a `VALUES` list).
+pub(super) fn values(rows: usize, columns: usize, types: Option<&[&str]>) -> String {
+    let mut out = String::with_capacity(rows * columns * 8);
+    let mut n = 0;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            n += 1;
+            match types {
+                Some(types) => {
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                    out.push_str("::");
+                    out.push_str(types[c]);
+                }
+                None => out.push('?'),
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Binds the row of a settle in a multi-row statement: id, the terminal columns of
+/// [`bind_terminal`], epoch, then started_at_ms (for a start folded into the settle).
+pub(super) fn bind_settle_row<'q, DB: Database>(
+    q: Query<'q, DB>,
+    id: &str,
+    s: &Snapshot,
+    epoch: Option<u64>,
+) -> Query<'q, DB>
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<Vec<u8>>: Encode<'t, DB> + Type<DB>,
+{
+    bind_terminal(q.bind(id.to_string()), s).bind(epoch.map(|e| e as i64)).bind(s.started_at.map(ms))
+}
+
+/// Binds the row of a start: id, epoch, attempt, started_at_ms.
+pub(super) fn bind_start_row<'q, DB: Database>(
+    q: Query<'q, DB>,
+    id: &str,
+    epoch: u64,
+    attempt: u32,
+    started: SystemTime,
+) -> Query<'q, DB>
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(id.to_string()).bind(epoch as i64).bind(i64::from(attempt)).bind(ms(started))
+}
+
+/// Binds the row of a pending write: id, epoch, handle, attempt, resumable.
+pub(super) fn bind_pending_row<'q, DB: Database>(
+    q: Query<'q, DB>,
+    id: &str,
+    epoch: u64,
+    pending: Option<&crate::execution::PendingWork>,
+) -> Query<'q, DB>
+where
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(id.to_string())
+        .bind(epoch as i64)
+        .bind(pending.map(|p| p.handle.clone()))
+        .bind(pending.map(|p| i64::from(p.attempt)))
+        .bind(pending.map(|p| i64::from(p.resumable)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_lists() {
+        assert_eq!(super::values(2, 2, None), "(?, ?), (?, ?)");
+        assert_eq!(super::values(2, 2, Some(&["text", "bigint"])), "($1::text, $2::bigint), ($3::text, $4::bigint)");
+    }
+}

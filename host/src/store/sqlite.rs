@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
-use super::batch::{Batcher, Driver};
+use super::batch::{Batcher, Driver, Plan, ROWS_PER_STATEMENT};
 use super::rows::{self, EXECUTION_COLUMNS, UNFINISHED};
 use super::{Event, Info, KeyRecord, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written};
 use crate::execution::Record;
@@ -50,7 +50,9 @@ pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(false);
+        .foreign_keys(false)
+        // Keep the hot pages of a growing table in memory (64 MiB per connection at most).
+        .pragma("cache_size", "-65536");
     let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
     applied_schema(&write, &shown).await?;
     super::migrator(MIGRATIONS)
@@ -116,20 +118,18 @@ struct Writer {
 impl Driver for Writer {
     async fn apply(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes {
-            match apply(&mut tx, write).await {
-                Ok(written) => results.push(Ok(written)),
-                // One bad write must not take the batch down: apply the writes one by one.
-                Err(_) if writes.len() > 1 => {
-                    drop(tx);
-                    return self.apply_singly(writes).await;
-                }
-                Err(e) => return Err(e),
+        match apply_plan(&mut tx, writes).await {
+            Ok(results) => {
+                tx.commit().await?;
+                Ok(results)
             }
+            // One bad write must not take the batch down: apply the writes one by one.
+            Err(_) if writes.len() > 1 => {
+                drop(tx);
+                self.apply_singly(writes).await
+            }
+            Err(e) => Err(e),
         }
-        tx.commit().await?;
-        Ok(results)
     }
 }
 
@@ -146,6 +146,118 @@ impl Writer {
         }
         Ok(results)
     }
+}
+
+/// A batch in one transaction: the decisive writes one by one, the rest a statement per group.
+async fn apply_plan(
+    tx: &mut Transaction<'_, Sqlite>,
+    writes: &[Write],
+) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+    let plan = Plan::of(writes);
+    let mut results: Vec<Option<Result<Written, StoreError>>> = (0..writes.len()).map(|_| None).collect();
+    for &i in &plan.singles {
+        results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+    }
+    for chunk in plan.inserts.chunks(ROWS_PER_STATEMENT) {
+        let columns = EXECUTION_COLUMNS.split(',').count();
+        let sql =
+            format!("INSERT INTO executions ({EXECUTION_COLUMNS}) VALUES {}", rows::values(chunk.len(), columns, None));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Insert { record, .. } = &writes[i] else { unreachable!("planned as an insert") };
+            q = rows::bind_execution(q, record)?;
+        }
+        q.execute(&mut **tx).await?;
+        for &i in chunk {
+            results[i] = Some(Ok(Written::Inserted));
+        }
+    }
+    for chunk in plan.starts.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE executions SET status = 'running', attempt = v.column3, \
+             started_at_ms = COALESCE(executions.started_at_ms, v.column4) FROM (VALUES {}) AS v \
+             WHERE executions.id = v.column1 AND executions.epoch = v.column2 AND executions.status IN {UNFINISHED} \
+             RETURNING executions.id",
+            rows::values(chunk.len(), 4, None)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Start { id, epoch, attempt, started_at } = &writes[i] else {
+                unreachable!("planned as a start")
+            };
+            q = rows::bind_start_row(q, id, *epoch, *attempt, *started_at);
+        }
+        answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
+    }
+    for chunk in plan.pendings.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE executions SET pending_handle = v.column3, pending_attempt = v.column4, pending_resumable = v.column5 \
+             FROM (VALUES {}) AS v WHERE executions.id = v.column1 AND executions.epoch = v.column2 \
+             AND executions.status IN {UNFINISHED} RETURNING executions.id",
+            rows::values(chunk.len(), 5, None)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Pending { id, epoch, pending } = &writes[i] else { unreachable!("planned as pending") };
+            q = rows::bind_pending_row(q, id, *epoch, pending.as_ref());
+        }
+        answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
+    }
+    for chunk in plan.settles.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE executions SET status = v.column2, attempt = v.column3, finished_at_ms = v.column4, \
+             started_at_ms = COALESCE(executions.started_at_ms, v.column12), \
+             output_content_type = v.column5, output = v.column6, error_code = v.column7, error_message = v.column8, \
+             error_kind = v.column9, finished_by = v.column10, pending_handle = NULL, pending_attempt = NULL, \
+             pending_resumable = NULL, slot = 0 FROM (VALUES {}) AS v WHERE executions.id = v.column1 \
+             AND executions.status IN {UNFINISHED} AND (v.column11 IS NULL OR executions.epoch = v.column11) \
+             RETURNING executions.id",
+            rows::values(chunk.len(), 12, None)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for &i in chunk {
+            let Write::Settle { id, epoch, terminal, .. } = &writes[i] else { unreachable!("planned as a settle") };
+            q = rows::bind_settle_row(q, id, terminal, *epoch);
+        }
+        let settled = q.fetch_all(&mut **tx).await?;
+        answer_by_id(&mut results, writes, chunk, settled, Written::Settled)?;
+        // Those not settled: say why (finished first, lost, unknown), one by one — the rare case.
+        for &i in chunk {
+            if results[i].is_none() {
+                results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+            }
+        }
+    }
+    for &i in &plan.after {
+        results[i] = Some(Ok(apply(tx, &writes[i]).await?));
+    }
+    plan.unfold(&mut results);
+    Ok(results.into_iter().map(|r| r.unwrap_or(Ok(Written::Lost))).collect())
+}
+
+/// Answers the writes of `chunk` whose execution id came back with `hit`; the others `Lost`
+/// (for starts and pending writes) or unanswered (settles, looked at again).
+fn answer_by_id(
+    results: &mut [Option<Result<Written, StoreError>>],
+    writes: &[Write],
+    chunk: &[usize],
+    returned: Vec<sqlx::sqlite::SqliteRow>,
+    hit: Written,
+) -> Result<(), StoreError> {
+    let ids: std::collections::HashSet<String> =
+        returned.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
+    for &i in chunk {
+        let id = match &writes[i] {
+            Write::Start { id, .. } | Write::Pending { id, .. } | Write::Settle { id, .. } => id,
+            _ => continue,
+        };
+        if ids.contains(id) {
+            results[i] = Some(Ok(hit.clone()));
+        } else if !matches!(writes[i], Write::Settle { .. }) {
+            results[i] = Some(Ok(Written::Lost));
+        }
+    }
+    Ok(())
 }
 
 async fn apply(tx: &mut Transaction<'_, Sqlite>, write: &Write) -> Result<Written, StoreError> {
