@@ -120,6 +120,51 @@ impl Plan {
 /// Rows per multi-row statement: SQLite takes at most 32,766 parameters, PostgreSQL 65,535.
 pub(super) const ROWS_PER_STATEMENT: usize = 400;
 
+/// A SQL database as a batch writer: how it applies one write, and a whole batch in one
+/// transaction. [`Driver`] comes with it: the batch in one transaction, and — when one write
+/// fails it — each write in a transaction of its own, so one bad write fails only itself.
+#[async_trait::async_trait]
+pub(super) trait Sql: Send + Sync + 'static {
+    type Db: sqlx::Database;
+
+    fn pool(&self) -> &sqlx::Pool<Self::Db>;
+
+    /// Applies one write.
+    async fn one(&self, tx: &mut sqlx::Transaction<'_, Self::Db>, write: &Write) -> Result<Written, StoreError>;
+
+    /// Applies a batch (planned with [`Plan`]); `Err` when any write failed.
+    async fn batch(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Self::Db>,
+        writes: &[Write],
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: Sql> Driver for S {
+    async fn apply(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        match self.batch(&mut tx, writes).await {
+            Ok(results) => {
+                tx.commit().await?;
+                return Ok(results);
+            }
+            Err(e) if writes.len() == 1 => return Err(e),
+            Err(_) => drop(tx),
+        }
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            let mut tx = self.pool().begin().await?;
+            let result = self.one(&mut tx, write).await;
+            if result.is_ok() {
+                tx.commit().await?;
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+}
+
 struct Job {
     write: Write,
     reply: Option<oneshot::Sender<Result<Written, StoreError>>>,

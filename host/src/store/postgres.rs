@@ -16,7 +16,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use tokio::sync::broadcast;
 
-use super::batch::{Batcher, Driver, Plan, ROWS_PER_STATEMENT};
+use super::batch::{Batcher, Plan, ROWS_PER_STATEMENT, Sql};
 use super::rows::{self, EXECUTION_COLUMNS, UNFINISHED};
 use super::{
     Event, Info, KeyRecord, Limit, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written,
@@ -145,37 +145,23 @@ struct Writer {
 }
 
 #[async_trait::async_trait]
-impl Driver for Writer {
-    async fn apply(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        match apply_plan(&mut tx, writes).await {
-            Ok(results) => {
-                tx.commit().await?;
-                Ok(results)
-            }
-            // One bad write (or a deadlock with another replica) must not take the batch
-            // down: apply the writes one by one.
-            Err(_) if writes.len() > 1 => {
-                drop(tx);
-                self.apply_singly(writes).await
-            }
-            Err(e) => Err(e),
-        }
-    }
-}
+impl Sql for Writer {
+    type Db = Postgres;
 
-impl Writer {
-    async fn apply_singly(&mut self, writes: &[Write]) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes {
-            let mut tx = self.pool.begin().await?;
-            let result = apply(&mut tx, write).await;
-            if result.is_ok() {
-                tx.commit().await?;
-            }
-            results.push(result);
-        }
-        Ok(results)
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn one(&self, tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Written, StoreError> {
+        apply(tx, write).await
+    }
+
+    async fn batch(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        writes: &[Write],
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        apply_plan(tx, writes).await
     }
 }
 
@@ -209,7 +195,7 @@ async fn apply_plan(
             };
             q = rows::bind_start_row(q, id, *epoch, *attempt, *started_at);
         }
-        answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
+        rows::answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
     }
     for chunk in plan.pendings.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
@@ -223,7 +209,7 @@ async fn apply_plan(
             let Write::Pending { id, epoch, pending } = &writes[i] else { unreachable!("planned as pending") };
             q = rows::bind_pending_row(q, id, *epoch, pending.as_ref());
         }
-        answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
+        rows::answer_by_id(&mut results, writes, chunk, q.fetch_all(&mut **tx).await?, Written::Done)?;
     }
     for chunk in plan.settles.chunks(ROWS_PER_STATEMENT) {
         // One statement: the terminal states (first finish wins, epochs checked) and the
@@ -249,7 +235,7 @@ async fn apply_plan(
             q = rows::bind_settle_row(q, id, terminal, *epoch);
         }
         let settled = q.fetch_all(&mut **tx).await?;
-        answer_by_id(&mut results, writes, chunk, settled, Written::Settled)?;
+        rows::answer_by_id(&mut results, writes, chunk, settled, Written::Settled)?;
         // Those not settled: say why (finished first, lost, unknown), one by one — the rare case.
         for &i in chunk {
             if results[i].is_none() {
@@ -339,31 +325,6 @@ async fn lock_function(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result
     .bind(name)
     .fetch_one(&mut **tx)
     .await?)
-}
-
-/// Answers the writes of `chunk` whose execution id came back with `hit`; the others `Lost`
-/// (for starts and pending writes) or unanswered (settles, looked at again).
-fn answer_by_id(
-    results: &mut [Option<Result<Written, StoreError>>],
-    writes: &[Write],
-    chunk: &[usize],
-    returned: Vec<sqlx::postgres::PgRow>,
-    hit: Written,
-) -> Result<(), StoreError> {
-    let ids: std::collections::HashSet<String> =
-        returned.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
-    for &i in chunk {
-        let id = match &writes[i] {
-            Write::Start { id, .. } | Write::Pending { id, .. } | Write::Settle { id, .. } => id,
-            _ => continue,
-        };
-        if ids.contains(id) {
-            results[i] = Some(Ok(hit.clone()));
-        } else if !matches!(writes[i], Write::Settle { .. }) {
-            results[i] = Some(Ok(Written::Lost));
-        }
-    }
-    Ok(())
 }
 
 async fn apply(tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Written, StoreError> {

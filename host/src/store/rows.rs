@@ -213,6 +213,38 @@ pub(super) fn to_ms(t: SystemTime) -> i64 {
     ms(t)
 }
 
+/// Answers the writes of `chunk` whose execution id came back (first column of `returned`)
+/// with `hit`; the others `Lost` (starts and pending writes) or unanswered (settles, which the
+/// caller looks at again one by one).
+pub(super) fn answer_by_id<R>(
+    results: &mut [Option<Result<super::Written, StoreError>>],
+    writes: &[super::Write],
+    chunk: &[usize],
+    returned: Vec<R>,
+    hit: super::Written,
+) -> Result<(), StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    use super::{Write, Written};
+    let ids: std::collections::HashSet<String> =
+        returned.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>()?;
+    for &i in chunk {
+        let id = match &writes[i] {
+            Write::Start { id, .. } | Write::Pending { id, .. } | Write::Settle { id, .. } => id,
+            _ => continue,
+        };
+        if ids.contains(id) {
+            results[i] = Some(Ok(hit.clone()));
+        } else if !matches!(writes[i], Write::Settle { .. }) {
+            results[i] = Some(Ok(Written::Lost));
+        }
+    }
+    Ok(())
+}
+
 /// `rows` rows of placeholders for a multi-row `VALUES`: `(?, ?), (?, ?)` for SQLite, or
 /// `($1::text, $2::bigint), ($3::text, …)` for PostgreSQL when `types` are given (PostgreSQL
 /// needs them to type a `VALUES` list).
