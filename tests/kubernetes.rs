@@ -323,7 +323,7 @@ async fn no_slot_leaks_and_late_or_forged_callbacks_change_nothing() {
     // A late callback (valid token, after the timeout) is accepted as a request, changes nothing,
     // and is counted.
     let id = &timed_out[0];
-    let token = nanofaas::token::TokenKey::new(b"test-secret").token(id);
+    let token = nanofaas::token::TokenKey::new(b"test-secret").token(id, 1);
     let url = host.url(&format!("/v1/internal/executions/{id}:complete"));
     let r =
         host.client.post(&url).bearer_auth(&token).json(&json!({"success": true, "output": 1})).send().await.unwrap();

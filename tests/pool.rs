@@ -207,6 +207,24 @@ async fn destinations_outside_the_allow_list_are_refused_at_registration() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn headers_that_could_split_a_request_and_zero_timeouts_are_refused_at_registration() {
+    let cp = control_plane(Config::default()).await;
+    let url = |s: &mut nanofaas::function::FunctionSpec| s.endpoint_url = Some("http://127.0.0.1:9/".into());
+    for (config, needle) in [
+        (json!({"headers": {"X-A": "ok\r\nX-Injected: 1"}}), "CR, LF"),
+        (json!({"headers": {"Bad Name": "v"}}), "not a valid header name"),
+        (json!({"headers": {"": "v"}}), "not a valid header name"),
+        (json!({"timeoutMs": 0}), "timeoutMs"),
+    ] {
+        match register(&cp, "p", "pool", &[], config.clone(), url).await {
+            Err(RegisterError::Refused { reason, .. }) => assert!(reason.contains(needle), "{config}: {reason}"),
+            other => panic!("{config}: expected a refusal, got {other:?}"),
+        }
+    }
+    register(&cp, "p", "pool", &[], json!({"headers": {"X-Api-Key": "k\tv"}, "timeoutMs": 5}), url).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destinations_are_enforced_at_call_time_whatever_the_plugin_does() {
     // The testkit plugin asks for any URL it is configured with, without checking it first.

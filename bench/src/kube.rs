@@ -121,7 +121,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         let sent = Instant::now();
         let r = client
             .post(format!("{api}/v1/internal/executions/{id}:complete"))
-            .bearer_auth(key.token(&id))
+            .bearer_auth(key.token(&id, 1))
             .json(&json!({"success": true, "output": {"from": "bench"}}))
             .send()
             .await?;

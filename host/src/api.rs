@@ -8,6 +8,7 @@
 mod error;
 mod executions;
 mod functions;
+pub mod guard;
 mod internal;
 mod invoke;
 
@@ -15,14 +16,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
-pub use error::ApiError;
+pub use error::{ApiError, truncate};
 
 use crate::control_plane::ControlPlane;
 
@@ -36,8 +38,9 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/v1/internal/executions/{id}", post(internal::action))
         .route("/v1/internal/executions/{id}/input", get(internal::input))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(cp.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(cp.clone(), track))
         .with_state(cp)
 }
@@ -68,8 +71,30 @@ async fn not_found() -> ApiError {
     ApiError::not_found("NOT_FOUND", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed_fallback() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+}
+
+/// 405 with the methods the route has.
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError {
+        allow: Some(allow),
+        ..ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", format!("this route takes {allow}"))
+    }
+}
+
+/// The one path parameter of a route; a parameter that does not decode is a JSON 400.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParam(value)),
+            Err(rejection) => Err(ApiError::bad_request("INVALID_PATH", "path", rejection.body_text())),
+        }
+    }
 }
 
 /// Counts and times every request by matched route.

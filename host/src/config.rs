@@ -52,6 +52,12 @@ pub mod defaults {
     /// How often a replica looks for expired leases of others. A dead replica's executions are
     /// taken over within `LEASE_TTL_MS + LEASE_SCAN_MS`.
     pub const LEASE_SCAN_MS: u64 = 2_000;
+    /// Time to receive a request's headers (and to wait for the next one on an idle connection).
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    /// API connections open at once.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// How long a stop lets requests in flight finish before it hands over what is left.
+    pub const SHUTDOWN_GRACE_MS: u64 = 20_000;
 }
 
 /// The whole configuration of a host.
@@ -96,6 +102,17 @@ pub struct Config {
     pub store: Location,
     pub lease_ttl: Duration,
     pub lease_scan: Duration,
+    /// File of API tokens (digests, scopes, function patterns); `None`: authentication off,
+    /// which [`Config::check_exposure`] allows on loopback only.
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address (behind an authenticating proxy).
+    pub insecure_no_auth: bool,
+    /// Host names the API answers to, besides IP addresses, `localhost` and the callback URL's
+    /// host (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
 }
 
 /// Bounds applied to every plugin call.
@@ -160,6 +177,12 @@ impl Default for Config {
             store: Location::Memory,
             lease_ttl: Duration::from_millis(defaults::LEASE_TTL_MS),
             lease_scan: Duration::from_millis(defaults::LEASE_SCAN_MS),
+            auth_tokens: None,
+            insecure_no_auth: false,
+            allowed_hosts: Vec::new(),
+            header_read_timeout: Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS),
+            max_connections: defaults::MAX_CONNECTIONS,
+            shutdown_grace: Duration::from_millis(defaults::SHUTDOWN_GRACE_MS),
         }
     }
 }
@@ -171,6 +194,19 @@ impl Config {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!("http://{bound}"),
         }
+    }
+
+    /// Secure by default: without API tokens, only loopback addresses may be served, unless the
+    /// operator says the host sits behind something that authenticates.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.auth_tokens.is_some() || self.insecure_no_auth || self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve the API on {} without authentication: give --auth-tokens FILE \
+             (see docs/security.md), listen on a loopback address, or pass --insecure-no-auth",
+            self.listen
+        ))
     }
 }
 
@@ -285,6 +321,27 @@ pub struct ServeArgs {
     /// How often a replica looks for expired leases of others, in milliseconds.
     #[arg(long, env = "NANOFAAS_LEASE_SCAN_MS", default_value_t = defaults::LEASE_SCAN_MS)]
     pub lease_scan_ms: u64,
+    /// File of API tokens: `tokens: [{name, sha256, scopes: [admin|deploy|invoke], functions: [glob…]}]`
+    /// (YAML or JSON; re-read when it changes and on SIGHUP). Without it the API has no
+    /// authentication and serves on loopback only.
+    #[arg(long, env = "NANOFAAS_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve a non-loopback address without authentication (behind an authenticating proxy).
+    #[arg(long, env = "NANOFAAS_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Host name the API answers to besides IP addresses, localhost and the callback URL's host
+    /// (repeatable; `,`-separated in the env var; `*` allows any).
+    #[arg(long = "allowed-host", env = "NANOFAAS_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Time to receive a request's headers, and to keep an idle connection, in milliseconds.
+    #[arg(long, env = "NANOFAAS_HEADER_READ_TIMEOUT_MS", default_value_t = defaults::HEADER_READ_TIMEOUT_MS)]
+    pub header_read_timeout_ms: u64,
+    /// API connections open at once (past it, accepting pauses).
+    #[arg(long, env = "NANOFAAS_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// How long a stop lets requests in flight finish, in milliseconds.
+    #[arg(long, env = "NANOFAAS_SHUTDOWN_GRACE_MS", default_value_t = defaults::SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -322,6 +379,12 @@ impl From<ServeArgs> for Config {
             store: a.store.unwrap_or_else(Location::default_sqlite),
             lease_ttl: Duration::from_millis(a.lease_ttl_ms.max(300)),
             lease_scan: Duration::from_millis(a.lease_scan_ms.max(100)),
+            auth_tokens: a.auth_tokens,
+            insecure_no_auth: a.insecure_no_auth,
+            allowed_hosts: a.allowed_hosts,
+            header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.max(1)),
+            max_connections: a.max_connections.max(1),
+            shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
         }
     }
 }
@@ -371,6 +434,17 @@ mod tests {
         assert_eq!(config.grants, ["mine=http", "other=process"]);
         assert_eq!(config.store, Location::Memory);
         assert!(Cli::try_parse_from(["nanofaas", "serve", "--store", "mysql://x"]).is_err());
+    }
+
+    #[test]
+    fn without_tokens_only_loopback_is_served() {
+        let loopback = Config::default();
+        assert!(loopback.check_exposure().is_ok());
+        let open = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..Config::default() };
+        let e = open.check_exposure().unwrap_err();
+        assert!(e.contains("--auth-tokens") && e.contains("--insecure-no-auth"), "{e}");
+        assert!(Config { insecure_no_auth: true, ..open.clone() }.check_exposure().is_ok());
+        assert!(Config { auth_tokens: Some("t.yaml".into()), ..open }.check_exposure().is_ok());
     }
 
     #[test]

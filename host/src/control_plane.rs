@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::api::guard::HostNames;
+use crate::auth::Auth;
 use crate::capability::kubernetes::Cluster;
 use crate::capability::process::Journal;
 use crate::capability::{Capabilities, Wake};
@@ -37,6 +39,8 @@ pub struct Inner {
     dispatcher: Arc<Dispatcher>,
     metrics: Metrics,
     ready: AtomicBool,
+    auth: Auth,
+    host_names: HostNames,
 }
 
 /// Why a function could not be registered.
@@ -131,6 +135,11 @@ impl ControlPlane {
     pub async fn new(parts: Parts) -> Result<Self, ControlPlaneError> {
         let Parts { config, catalog, callback_base, cluster, store, replica, machine } = parts;
         let metrics = Metrics::new();
+        let auth = match &config.auth_tokens {
+            Some(path) => Auth::from_file(path).map_err(ControlPlaneError::Config)?,
+            None => Auth::off(),
+        };
+        let host_names = HostNames::new(&config.allowed_hosts, &callback_base);
         let secret = match config.callback_secret.as_deref().filter(|s| !s.is_empty()) {
             Some(s) => s.as_bytes().to_vec(),
             None => store.secret().await?,
@@ -166,11 +175,22 @@ impl ControlPlane {
             TokenKey::new(&secret),
             callback_base,
         ));
-        Ok(Self(Arc::new(Inner { config, registry, ledger, dispatcher, metrics, ready: AtomicBool::new(false) })))
+        let ready = AtomicBool::new(false);
+        Ok(Self(Arc::new(Inner { config, registry, ledger, dispatcher, metrics, ready, auth, host_names })))
     }
 
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    /// Who may call the API.
+    pub fn auth(&self) -> &Auth {
+        &self.0.auth
+    }
+
+    /// The names the API answers to.
+    pub fn host_names(&self) -> &HostNames {
+        &self.0.host_names
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -257,6 +277,9 @@ impl ControlPlane {
     pub async fn unregister(&self, name: &str) -> Result<Option<Arc<Function>>, StoreError> {
         let stored = self.store().delete_function(name).await?;
         let removed = self.registry().remove(name);
+        if let Some(f) = &removed {
+            self.0.metrics.forget_function(name, f.dispatcher());
+        }
         if removed.is_some() || (stored && self.store().info().durable) {
             tracing::info!(function = name, "function deleted");
         }
@@ -352,8 +375,8 @@ impl ControlPlane {
         self.0.dispatcher.invocation(exec, attempt)
     }
 
-    /// Whether `token` authenticates callbacks for execution `id`.
-    pub fn verify_token(&self, id: &str, token: &str) -> bool {
+    /// The attempt of execution `id` that `token` authenticates callbacks for, if any.
+    pub fn verify_token(&self, id: &str, token: &str) -> Option<u32> {
         self.0.dispatcher.verify_token(id, token)
     }
 

@@ -134,12 +134,12 @@ impl Dispatcher {
             deadline_unix_ms: exec.deadline_unix_ms,
             remaining_ms: exec.deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
             callback_url: Some(format!("{}/v1/internal/executions/{}:complete", self.callback_base, exec.id)),
-            callback_token: self.tokens.token(&exec.id),
+            callback_token: self.tokens.token(&exec.id, attempt),
         }
     }
 
-    /// Whether `token` authenticates callbacks for execution `id`.
-    pub fn verify_token(&self, id: &str, token: &str) -> bool {
+    /// The attempt of execution `id` that `token` authenticates callbacks for, if any.
+    pub fn verify_token(&self, id: &str, token: &str) -> Option<u32> {
         self.tokens.verify(id, token)
     }
 

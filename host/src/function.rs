@@ -199,15 +199,26 @@ impl FunctionSpec {
         if let Some(i) = command.iter().position(|a| a.contains('\0')) {
             return Err(SpecError::new(format!("command[{i}]"), "must not contain NUL"));
         }
-        for key in self.env.get_or_insert_with(BTreeMap::new).keys() {
+        for (key, value) in self.env.get_or_insert_with(BTreeMap::new).iter() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(SpecError::new(format!("env.{key}"), "is not a valid environment variable name"));
             }
+            if value.contains('\0') {
+                return Err(SpecError::new(format!("env.{key}"), "must not contain NUL"));
+            }
         }
-        if let Some(image) = &self.image
-            && image.trim().is_empty()
+        if let Some(image) = &self.image {
+            if image.trim().is_empty() {
+                return Err(SpecError::new("image", "must not be blank"));
+            }
+            if image.contains('\0') || image.chars().any(char::is_whitespace) {
+                return Err(SpecError::new("image", "must not contain NUL or whitespace"));
+            }
+        }
+        if let Some(command) = &self.runtime_command
+            && command.contains('\0')
         {
-            return Err(SpecError::new("image", "must not be blank"));
+            return Err(SpecError::new("runtimeCommand", "must not contain NUL"));
         }
         if let Some(url) = &self.endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -396,6 +407,10 @@ mod tests {
         assert_eq!(spec(r#"{"name":"a","endpointUrl":"ftp://x"}"#).unwrap_err().field, "endpointUrl");
         assert_eq!(spec(r#"{"name":"a","dispatcherConfig":[1]}"#).unwrap_err().field, "dispatcherConfig");
         assert_eq!(spec(r#"{"name":"a","env":{"A=B":"c"}}"#).unwrap_err().field, "env.A=B");
+        assert_eq!(spec(r#"{"name":"a","env":{"A":"x\u0000y"}}"#).unwrap_err().field, "env.A");
+        assert_eq!(spec(r#"{"name":"a","image":"img\u0000"}"#).unwrap_err().field, "image");
+        assert_eq!(spec(r#"{"name":"a","image":"img latest"}"#).unwrap_err().field, "image");
+        assert_eq!(spec(r#"{"name":"a","runtimeCommand":"run\u0000"}"#).unwrap_err().field, "runtimeCommand");
         // Type errors and unknown fields come from parsing, with the path.
         let e = FunctionSpec::from_json(br#"{"name":"a","timeoutMs":"soon"}"#).unwrap_err();
         assert_eq!(e.field, "timeoutMs");

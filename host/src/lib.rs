@@ -2,6 +2,7 @@
 //! components. See `ARCHITECTURE.md` for the map; [`run`] is the entry point.
 
 pub mod api;
+pub mod auth;
 pub mod bootstrap;
 pub mod capability;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod plugin;
 pub mod queue;
 pub mod recovery;
 pub mod replica;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod token;
@@ -42,6 +44,10 @@ pub mod builtin {
 
 /// How long shutdown waits for plugins to release pending work.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a stop waits for the answers to requests whose executions were handed over.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// How often the token file is checked for changes.
+const TOKEN_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How often expired executions are evicted from memory.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
 /// How often finished executions and expired keys are evicted from the store.
@@ -103,6 +109,7 @@ pub async fn run_with_cluster(
     cluster: Option<Cluster>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.check_exposure().map_err(anyhow::Error::msg)?;
     let (catalog, _refused) = bootstrap::catalog(&config)?;
     let api_addr = listeners.api.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -157,28 +164,84 @@ pub async fn run_with_cluster(
         }
     });
 
-    let api =
-        axum::serve(listeners.api, api::router(cp.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let admin = axum::serve(listeners.admin, api::admin_router(cp.clone()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-    // At the stop signal, executions are handed over (or cancelled) at once, so the requests
-    // that wait for them are answered and the servers can drain.
-    let drain = {
-        let (cp, stop) = (cp.clone(), stop.clone());
-        async move {
-            stop.cancelled().await;
-            cp.shutdown(SHUTDOWN_GRACE).await;
-        }
+    tokio::spawn(reload_tokens(cp.clone(), stop.clone()));
+
+    let limits = serve::Limits {
+        header_read_timeout: cp.config().header_read_timeout,
+        max_connections: cp.config().max_connections,
     };
+    let api = tokio::spawn(serve::accept(listeners.api, api::router(cp.clone()), limits, stop.clone()));
+    let admin = tokio::spawn(serve::accept(listeners.admin, api::admin_router(cp.clone()), limits, stop.clone()));
     cp.set_ready(true);
     let plugins: Vec<String> = cp.dispatchers();
     tracing::info!(api = %api_addr, admin = %admin_addr, plugins = %plugins.join(","), "nanofaas ready");
+    if cp.auth().enabled() {
+        println!("nanofaas auth: {} API tokens", cp.auth().count());
+    } else {
+        tracing::warn!("authentication is off (no --auth-tokens): the API is served on loopback only");
+        println!("nanofaas auth: off (no --auth-tokens): serving on loopback only");
+    }
     println!("nanofaas ready: api http://{api_addr} admin http://{admin_addr} plugins {}", plugins.join(","));
 
-    let (a, b, ()) = tokio::join!(api.into_future(), admin.into_future(), drain);
-    a.context("API server failed")?;
-    b.context("admin server failed")?;
+    // Stop: accepting ends; requests in flight (and, when nothing is durable, running
+    // executions) get the grace; then what is unfinished is handed over (or cancelled), the
+    // requests still waiting are answered, and whatever is left is dropped.
+    let mut api = api.await.context("API server failed")?;
+    let admin = admin.await.context("admin server failed")?;
+    cp.set_ready(false);
+    let grace = cp.config().shutdown_grace;
+    let durable = cp.store().info().durable;
+    let in_flight = async {
+        api.drain().await;
+        if !durable {
+            cp.dispatcher().wait(grace).await;
+        }
+    };
+    if tokio::time::timeout(grace, in_flight).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            open = api.open(),
+            "stop: work still in flight after the grace"
+        );
+    }
+    cp.shutdown(SHUTDOWN_GRACE).await;
+    let _ = tokio::time::timeout(ANSWER_GRACE, api.drain()).await;
+    api.abort().await;
+    admin.abort().await;
     let _ = tokio::join!(janitor, background);
     tracing::info!("nanofaas stopped");
     Ok(())
+}
+
+/// Re-reads the token file when it changes (polled) and at once on SIGHUP.
+async fn reload_tokens(cp: ControlPlane, stop: CancellationToken) {
+    if !cp.auth().enabled() {
+        return;
+    }
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(TOKEN_RELOAD_INTERVAL);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            () = hangup => {}
+        }
+        match cp.auth().reload() {
+            Ok(true) => tracing::info!(tokens = cp.auth().count(), "API tokens reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "the token file is invalid; the tokens in force stay"),
+        }
+    }
 }

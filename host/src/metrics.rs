@@ -58,6 +58,30 @@ pub struct Metrics {
     pub recovered: IntCounterVec,
     /// Replicas whose executions this one took over.
     pub takeovers: IntCounterVec,
+    /// API requests refused by authentication or authorization (`unauthenticated`, `forbidden`).
+    pub auth_rejections: IntCounterVec,
+}
+
+impl Metrics {
+    /// Drops every series of a deleted function, so register/delete cycles do not grow the
+    /// scrape without bound. (An execution of it still in flight adds its series back.)
+    pub fn forget_function(&self, function: &str, dispatcher: &str) {
+        for outcome in ["success", "error", "timeout", "cancelled"] {
+            let _ = self.invocations.remove_label_values(&[function, dispatcher, outcome]);
+            let _ = self.invocation_duration.remove_label_values(&[function, dispatcher, outcome]);
+        }
+        for gauge in [&self.queue_depth, &self.in_flight] {
+            let _ = gauge.remove_label_values(&[function]);
+        }
+        for counter in [&self.timeouts, &self.retries, &self.job_created] {
+            let _ = counter.remove_label_values(&[function]);
+        }
+        let _ = self.rejected.remove_label_values(&[function, "queue_full"]);
+        let _ = self.job_start_latency.remove_label_values(&[function]);
+        for outcome in ["complete", "failed"] {
+            let _ = self.job_run_duration.remove_label_values(&[function, outcome]);
+        }
+    }
 }
 
 impl Metrics {
@@ -80,6 +104,11 @@ impl Metrics {
             h
         };
         Self {
+            auth_rejections: counter(
+                "nanofaas_auth_rejections_total",
+                "API requests refused for their token, by reason.",
+                &["reason"],
+            ),
             invocations: counter(
                 "nanofaas_invocations_total",
                 "Finished executions by function, dispatcher and outcome.",

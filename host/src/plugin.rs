@@ -125,7 +125,8 @@ pub enum ReleaseReason {
 }
 
 /// A plugin call that failed for reasons of the plugin itself: the platform error
-/// `PLUGIN_FAULT`. The message is for operators and users alike (no host internals).
+/// `PLUGIN_FAULT`. The message is what callers see: the plugin, the call and a short reason.
+/// The guest's stderr and the wasm backtrace go to the host's log, with the execution id.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct PluginFault {
@@ -354,17 +355,28 @@ impl Plugins {
             .plugin_call_duration
             .with_label_values(&[plugin.name.as_str(), call])
             .observe(started.elapsed().as_secs_f64());
-        let fault = match result {
+        let (fault, detail) = match result {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => classify(&error, &stderr.contents()),
-            Err(_) => PluginFault {
-                kind: FaultKind::Timeout,
-                message: format!("{call} did not finish within {} ms", self.limits.call_timeout.as_millis()),
-            },
+            Ok(Err(error)) => classify(&error),
+            Err(_) => {
+                let message = format!("{call} did not finish within {} ms", self.limits.call_timeout.as_millis());
+                (PluginFault { kind: FaultKind::Timeout, message }, String::new())
+            }
         };
         self.metrics.plugin_faults.with_label_values(&[plugin.name.as_str(), call, fault.kind.as_str()]).inc();
-        tracing::warn!(plugin = %plugin.name, call, kind = %fault.kind, error = %fault.message, "plugin fault");
-        Err(PluginFault { message: format!("plugin `{}` {call}: {}", plugin.name, fault.message), ..fault })
+        let stderr = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+        tracing::warn!(
+            plugin = %plugin.name,
+            call,
+            execution_id = store.data().ctx.execution_id.as_deref().unwrap_or(""),
+            kind = %fault.kind,
+            error = %fault.message,
+            detail = %detail,
+            stderr = %stderr,
+            "plugin fault"
+        );
+        let reason = crate::api::truncate(&fault.message, MAX_FAULT_REASON);
+        Err(PluginFault { message: format!("plugin `{}` {call}: {reason}", plugin.name), ..fault })
     }
 
     fn new_store(&self, plugin: &Plugin, ctx: CallContext, stderr: MemoryOutputPipe) -> Store<HostState> {
@@ -405,32 +417,32 @@ impl Plugins {
     }
 }
 
-/// Turns a wasmtime error into a fault, with the guest's stderr (a panic message) when useful.
-fn classify(error: &wasmtime::Error, stderr: &[u8]) -> PluginFault {
+/// Longest reason of a fault shown to callers, in bytes.
+const MAX_FAULT_REASON: usize = 200;
+
+/// Turns a wasmtime error into a fault with a short reason, and the detail for the log (the
+/// whole error chain, with its wasm backtrace).
+fn classify(error: &wasmtime::Error) -> (PluginFault, String) {
+    let detail = format!("{error:?}");
     if let Some(abort) = error.downcast_ref::<HostAbort>() {
-        return PluginFault { kind: abort.kind, message: abort.message.clone() };
+        return (PluginFault { kind: abort.kind, message: abort.message.clone() }, detail);
     }
-    let stderr = String::from_utf8_lossy(stderr);
-    let stderr = stderr.trim();
-    let with_stderr = |message: String| {
-        if stderr.is_empty() { message } else { format!("{message}; stderr: {stderr}") }
-    };
+    let fault = |kind, message: String| (PluginFault { kind, message }, detail.clone());
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
         return match trap {
-            wasmtime::Trap::Interrupt => {
-                PluginFault { kind: FaultKind::Cpu, message: "used up its CPU budget (interrupted)".into() }
-            }
-            wasmtime::Trap::AllocationTooLarge => {
-                PluginFault { kind: FaultKind::Memory, message: "went past its memory limit".into() }
-            }
-            other => PluginFault { kind: FaultKind::Trap, message: with_stderr(format!("trapped: {other}")) },
+            wasmtime::Trap::Interrupt => fault(FaultKind::Cpu, "used up its CPU budget (interrupted)".into()),
+            wasmtime::Trap::AllocationTooLarge => fault(FaultKind::Memory, "went past its memory limit".into()),
+            other => fault(FaultKind::Trap, format!("trapped: {other}")),
         };
     }
     let text = format!("{error:#}");
     if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
-        return PluginFault { kind: FaultKind::Memory, message: format!("went past its memory limit ({text})") };
+        return fault(FaultKind::Memory, "went past its memory limit".into());
     }
     // Everything else comes from lifting the guest's results (invalid UTF-8, unknown handles,
-    // bad discriminants): the plugin returned something the contract does not allow.
-    PluginFault { kind: FaultKind::Malformed, message: with_stderr(format!("returned a malformed result: {text}")) }
+    // bad discriminants): the plugin returned something the contract does not allow. The root
+    // cause says what; the chain above it (and the backtrace) is for the log.
+    let cause = error.root_cause().to_string();
+    let cause = cause.lines().next().unwrap_or("");
+    fault(FaultKind::Malformed, format!("returned a malformed result: {cause}"))
 }

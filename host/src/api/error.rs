@@ -10,6 +10,21 @@ use serde::Serialize;
 
 use crate::control_plane::{RegisterError, SubmitError};
 
+/// Longest error message, in bytes.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked with `…` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -18,6 +33,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds, for 429.
     pub retry_after: Option<u64>,
+    /// Methods of the route, for 405.
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -34,12 +51,14 @@ struct Detail<'a> {
 }
 
 impl ApiError {
+    /// An error; a message longer than [`MAX_MESSAGE`] is cut (inputs are never echoed whole).
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, retry_after: None }
+        let message = truncate(&message.into(), MAX_MESSAGE);
+        Self { status, code, message, field: None, retry_after: None, allow: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.field = Some(truncate(&field.into(), 200));
         self
     }
 
@@ -81,6 +100,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

@@ -1,12 +1,14 @@
 //! `GET /v1/executions/{id}` and the JSON rendering of an execution's result.
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::{Extension, Json};
 use base64::Engine as _;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::ApiError;
+use super::guard::{Caller, require};
+use super::{ApiError, PathParam};
+use crate::auth::Scope;
 use crate::control_plane::ControlPlane;
 use crate::execution::{ErrorInfo, Execution, Output, Snapshot};
 
@@ -90,9 +92,11 @@ impl ExecutionView {
 
 pub(super) async fn get(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
+    Extension(grant): Caller,
+    PathParam(id): PathParam,
 ) -> Result<Json<ExecutionView>, ApiError> {
     let exec = cp.ledger().find(&id).await.map_err(ApiError::store)?.ok_or_else(|| unknown(&id))?;
+    require(&cp, &grant, Scope::Invoke, exec.function.name())?;
     Ok(Json(ExecutionView::of(&exec)))
 }
 

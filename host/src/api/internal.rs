@@ -2,27 +2,31 @@
 //! execution's bearer token.
 //!
 //! The token is checked before the execution is looked up, so an unauthenticated caller learns
-//! nothing about which executions exist (401 before 404).
+//! nothing about which executions exist (401 before 404). A token names its attempt: one of an
+//! attempt that is no longer the execution's current one is refused (409 `STALE_ATTEMPT`), so a
+//! slow pod of an earlier attempt cannot settle a newer one.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, Body, bearer, executions};
+use super::{ApiError, Body, PathParam, bearer, executions};
 use crate::control_plane::{CallbackResult, ControlPlane};
+use crate::execution::Execution;
 
 pub(super) async fn action(
     State(cp): State<ControlPlane>,
-    Path(target): Path<String>,
+    PathParam(target): PathParam,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let Some((id, "complete")) = target.rsplit_once(':') else {
         return Err(ApiError::not_found("NOT_FOUND", "use /v1/internal/executions/{id}:complete"));
     };
-    authenticate(&cp, id, &headers)?;
+    let attempt = authenticate(&cp, id, &headers)?;
     let exec = cp.ledger().find(id).await.map_err(ApiError::store)?.ok_or_else(|| executions::unknown(id))?;
+    current(&exec, attempt)?;
     let result: CallbackResult = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("INVALID_REQUEST", "body", format!("expected {{success, output, error}}: {e}"))
     })?;
@@ -38,11 +42,12 @@ pub(super) async fn action(
 /// The input of an execution, for runners that did not get it inline.
 pub(super) async fn input(
     State(cp): State<ControlPlane>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&cp, &id, &headers)?;
+    let attempt = authenticate(&cp, &id, &headers)?;
     let exec = cp.ledger().find(&id).await.map_err(ApiError::store)?.ok_or_else(|| executions::unknown(&id))?;
+    current(&exec, attempt)?;
     let mut response = (StatusCode::OK, exec.input.body.clone()).into_response();
     if let Ok(v) = HeaderValue::from_str(&exec.input.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
@@ -50,12 +55,26 @@ pub(super) async fn input(
     Ok(response)
 }
 
-fn authenticate(cp: &ControlPlane, id: &str, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(token) if cp.verify_token(id, token) => Ok(()),
-        _ => {
+/// The attempt the request's token was made for.
+fn authenticate(cp: &ControlPlane, id: &str, headers: &HeaderMap) -> Result<u32, ApiError> {
+    match bearer(headers).and_then(|token| cp.verify_token(id, token)) {
+        Some(attempt) => Ok(attempt),
+        None => {
             cp.callback_rejected();
             Err(ApiError::unauthorized())
         }
     }
+}
+
+/// 409 unless `attempt` is the execution's current attempt.
+fn current(exec: &Execution, attempt: u32) -> Result<(), ApiError> {
+    let now = exec.snapshot().attempt;
+    if attempt == now {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "STALE_ATTEMPT",
+        format!("this token is for attempt {attempt}; execution {} is at attempt {now}", exec.id),
+    ))
 }

@@ -7,29 +7,36 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::executions::ResultView;
-use super::{ApiError, Body};
+use super::guard::{Caller, require};
+use super::{ApiError, Body, PathParam, method_not_allowed};
+use crate::auth::Scope;
 use crate::control_plane::{ControlPlane, SubmitOptions};
 use crate::execution::{ErrorKind, Execution, Input, Status};
 use crate::ledger::Attach;
 
 pub(super) async fn action(
     State(cp): State<ControlPlane>,
-    Path(target): Path<String>,
+    Extension(grant): Caller,
+    PathParam(target): PathParam,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    match target.rsplit_once(':') {
-        Some((name, "invoke")) => invoke(&cp, name, &headers, body).await,
-        Some((name, "enqueue")) => enqueue(&cp, name, &headers, body).await,
+    let Some((name, action)) = target.rsplit_once(':') else {
+        return Err(method_not_allowed("GET, DELETE"));
+    };
+    require(&cp, &grant, Scope::Invoke, name)?;
+    match action {
+        "invoke" => invoke(&cp, name, &headers, body).await,
+        "enqueue" => enqueue(&cp, name, &headers, body).await,
         _ => Err(ApiError::not_found(
             "NOT_FOUND",
             format!("no action in `{target}`: use /v1/functions/{{name}}:invoke or :enqueue"),

@@ -19,6 +19,9 @@ struct Reply {
 
 async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<AxumBody>) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "localhost:8080");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -302,8 +305,7 @@ async fn callback_authentication() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     // A valid token for an id the host does not know: 404.
-    let ghost = cp.verify_token("ghost", "x");
-    assert!(!ghost);
+    assert_eq!(cp.verify_token("ghost", "x"), None);
     let input = send(
         &app,
         Method::GET,
@@ -318,8 +320,8 @@ async fn callback_authentication() {
 #[tokio::test]
 async fn unknown_execution_with_valid_token_is_404() {
     let (cp, app) = app_with(Config { callback_secret: Some("s".into()), ..Config::default() }).await;
-    let token = crate::token::TokenKey::new(b"s").token("ghost");
-    assert!(cp.verify_token("ghost", &token));
+    let token = crate::token::TokenKey::new(b"s").token("ghost", 1);
+    assert_eq!(cp.verify_token("ghost", &token), Some(1));
     let r = send(
         &app,
         Method::POST,
@@ -355,4 +357,181 @@ async fn metrics_and_health() {
     cp.set_ready(false);
     let r = send(&admin, Method::GET, "/health/ready", &[], AxumBody::empty()).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A host with three tokens: `ops` (admin), `ci` (deploy+invoke on `team-a-*`), `app` (invoke).
+async fn app_with_tokens() -> (ControlPlane, Router, tempfile::NamedTempFile) {
+    use crate::auth::digest_hex;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let text = format!(
+        "tokens:\n  - {{name: ops, sha256: {}, scopes: [admin]}}\n  \
+         - {{name: ci, sha256: {}, scopes: [deploy, invoke], functions: ['team-a-*']}}\n  \
+         - {{name: app, sha256: {}, scopes: [invoke]}}\n",
+        digest_hex("ops-secret"),
+        digest_hex("ci-secret"),
+        digest_hex("app-secret"),
+    );
+    std::fs::write(file.path(), text).unwrap();
+    let (cp, app) = app_with(Config { auth_tokens: Some(file.path().to_path_buf()), ..Config::default() }).await;
+    (cp, app, file)
+}
+
+const OPS: (&str, &str) = ("authorization", "Bearer ops-secret");
+const CI: (&str, &str) = ("authorization", "Bearer ci-secret");
+const APP: (&str, &str) = ("authorization", "Bearer app-secret");
+
+#[tokio::test]
+async fn tokens_scope_every_route() {
+    let (cp, app, _file) = app_with_tokens().await;
+    let spec = |name: &str| json!({"name": name, "executionMode": "LOCAL", "env": {"API_KEY": "hunter2"}}).to_string();
+
+    // No token, a wrong one: 401, and nothing is registered.
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON], spec("team-a-x")).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("UNAUTHENTICATED")));
+    let r = send(&app, Method::GET, "/v1/functions", &[("authorization", "Bearer nope")], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(cp.registry().list().is_empty());
+
+    // Scope and pattern decide: 403 as JSON naming the token and scope.
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON, APP], spec("team-a-x")).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("FORBIDDEN")));
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("`app` has no `deploy`"), "{}", r.body);
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON, CI], spec("team-b-x")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON, CI], spec("team-a-x")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON, OPS], spec("team-b-x")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(cp.metrics().auth_rejections.with_label_values(&["forbidden"]).get(), 2);
+
+    // Reading: deploy sees secrets; invoke gets them redacted; patterns filter the list.
+    let r = send(&app, Method::GET, "/v1/functions/team-a-x", &[CI], AxumBody::empty()).await;
+    assert_eq!(r.body["env"]["API_KEY"], "hunter2");
+    let r = send(&app, Method::GET, "/v1/functions", &[APP], AxumBody::empty()).await;
+    assert_eq!(r.body.as_array().unwrap().len(), 2);
+    assert!(!r.raw.windows(7).any(|w| w == b"hunter2"), "no secret to an invoke-only caller: {}", r.body);
+    assert_eq!(r.body[0]["env"]["API_KEY"], super::functions::REDACTED);
+    let r = send(&app, Method::GET, "/v1/functions", &[CI], AxumBody::empty()).await;
+    let names: Vec<_> = r.body.as_array().unwrap().iter().map(|f| f["name"].clone()).collect();
+    assert_eq!(names, [json!("team-a-x")]);
+    let r = send(&app, Method::GET, "/v1/functions/team-b-x", &[CI], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Invoking and reading executions need invoke on the function.
+    let r = send(&app, Method::POST, "/v1/functions/team-b-x:invoke", &[JSON, CI], r#"{"input":1}"#).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(&app, Method::POST, "/v1/functions/team-b-x:invoke", &[JSON, APP], r#"{"input":1}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let id = r.body["executionId"].as_str().unwrap().to_string();
+    let r = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[CI], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[APP], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Deleting needs deploy.
+    let r = send(&app, Method::DELETE, "/v1/functions/team-a-x", &[APP], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(&app, Method::DELETE, "/v1/functions/team-a-x", &[CI], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn cross_site_and_rebinding_requests_fail() {
+    let (cp, app) = app().await;
+    let attack = r#"{"name":"x","dispatcher":"local","command":["sh","-c","touch pwned"]}"#;
+    // A cross-site fetch may send text/plain (or a form type) without a preflight: 415.
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let r = send(&app, Method::POST, "/v1/functions", &[("content-type", ct)], attack).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}");
+        assert_eq!(r.body["error"]["code"], "UNSUPPORTED_MEDIA_TYPE");
+    }
+    // No Content-Type at all: 415 too, for registration and for invocation.
+    let r = send(&app, Method::POST, "/v1/functions", &[], attack).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    with_echo(&app, "echo").await;
+    let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[], r#"{"input":1}"#).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // DNS rebinding: the page's own name arrives as Host: 421, before anything else.
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON, ("host", "attacker.example:8080")], attack).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::MISDIRECTED_REQUEST, json!("UNKNOWN_HOST")));
+    let r = send(&app, Method::GET, "/v1/functions", &[("host", "attacker.example")], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "reads too: a rebound page must not read env");
+    assert_eq!(cp.registry().list().len(), 1, "only the echo registered");
+    // No CORS: a preflight gets no permission.
+    let r = send(
+        &app,
+        Method::OPTIONS,
+        "/v1/functions",
+        &[("origin", "http://attacker.example"), ("access-control-request-method", "POST")],
+        AxumBody::empty(),
+    )
+    .await;
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    // The names of the host do work.
+    for host in ["127.0.0.1:8080", "localhost", "[::1]:8080"] {
+        let r = send(&app, Method::GET, "/v1/functions", &[("host", host)], AxumBody::empty()).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn a_stale_attempts_token_cannot_settle_the_current_attempt() {
+    let (cp, app) = app().await;
+    with_echo(&app, "echo").await;
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
+    let id = r.body["executionId"].as_str().unwrap().to_string();
+    let exec = cp.ledger().get(&id).unwrap();
+    assert_eq!(exec.snapshot().attempt, 1);
+    let next = cp.invocation(&exec, 2).callback_token;
+    let r = send(
+        &app,
+        Method::POST,
+        &format!("/v1/internal/executions/{id}:complete"),
+        &[JSON, ("authorization", &format!("Bearer {next}"))],
+        r#"{"success":true,"output":2}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("STALE_ATTEMPT")));
+}
+
+#[tokio::test]
+async fn wrong_methods_bad_paths_and_huge_inputs_get_short_json_errors() {
+    let (_, app) = app().await;
+    with_echo(&app, "echo").await;
+    let r = send(&app, Method::GET, "/v1/functions/echo:invoke", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "POST");
+    let r = send(&app, Method::POST, "/v1/functions/echo", &[JSON], "{}").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "GET, DELETE");
+    let r = send(&app, Method::PUT, "/v1/executions/x", &[JSON], "{}").await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::METHOD_NOT_ALLOWED, json!("METHOD_NOT_ALLOWED"))
+    );
+    assert!(r.headers.get("allow").is_some());
+    let r = send(&app, Method::GET, "/v1/functions/%FF%FE", &[], AxumBody::empty()).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("INVALID_PATH")));
+    let huge = json!({"name": "a".repeat(2 << 20)}).to_string();
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON], huge).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.raw.len() < 2048, "the error does not echo the input: {} bytes", r.raw.len());
+}
+
+#[tokio::test]
+async fn deleted_functions_leave_no_metric_series() {
+    let (cp, app) = app().await;
+    for i in 0..50 {
+        let name = format!("f{i}");
+        with_echo(&app, &name).await;
+        let r = post_json(&app, &format!("/v1/functions/{name}:invoke"), json!({"input": i})).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = send(&app, Method::DELETE, &format!("/v1/functions/{name}"), &[], AxumBody::empty()).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
+    with_echo(&app, "kept").await;
+    post_json(&app, "/v1/functions/kept:invoke", json!({"input": 1})).await;
+    let scrape = cp.metrics().render();
+    assert!(!scrape.contains("function=\"f1"), "no series of deleted functions:\n{scrape}");
+    assert!(scrape.contains("nanofaas_invocations_total{dispatcher=\"echo\",function=\"kept\",outcome=\"success\"} 1"));
 }

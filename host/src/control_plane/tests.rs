@@ -194,7 +194,7 @@ async fn invocation_carries_a_verifiable_token_and_callback_url() {
     let inv = cp.invocation(&exec, 2);
     assert_eq!(inv.attempt, 2);
     assert_eq!(inv.trace_id, "abc");
-    assert!(cp.verify_token(&exec.id, &inv.callback_token));
-    assert!(!cp.verify_token("other", &inv.callback_token));
+    assert_eq!(cp.verify_token(&exec.id, &inv.callback_token), Some(2));
+    assert_eq!(cp.verify_token("other", &inv.callback_token), None);
     assert_eq!(inv.callback_url.unwrap(), format!("http://127.0.0.1:9/v1/internal/executions/{}:complete", exec.id));
 }

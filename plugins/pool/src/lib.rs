@@ -51,6 +51,19 @@ fn config(spec: &FunctionSpec) -> Result<(Config, String), String> {
         .clone()
         .or_else(|| spec.endpoint_url.clone())
         .ok_or("the pool dispatcher needs an `endpointUrl` (or dispatcherConfig.url)")?;
+    if config.timeout_ms == Some(0) {
+        return Err("dispatcherConfig.timeoutMs must be at least 1".into());
+    }
+    for (name, value) in &config.headers {
+        // RFC 9110 token characters for names; no control characters (CR, LF, NUL) in values.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if name.is_empty() || !name.bytes().all(token) {
+            return Err(format!("dispatcherConfig.headers: `{name}` is not a valid header name"));
+        }
+        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            return Err(format!("dispatcherConfig.headers.{name}: the value must not contain CR, LF or other control characters"));
+        }
+    }
     Ok((config, url))
 }
 
