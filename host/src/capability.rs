@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod kubernetes;
+pub mod pod_policy;
 pub mod process;
 
 use std::collections::BTreeSet;
@@ -136,7 +137,10 @@ impl Capabilities {
                 .local_exec
                 .then(|| process::ProcessCapability::new(config.max_output_bytes, wake.clone(), journal)),
             http: http::HttpCapability::new(allow, config.max_output_bytes, wake.clone()),
-            kubernetes: cluster.map(|c| kubernetes::KubernetesCapability::start(c, metrics.clone(), wake)),
+            kubernetes: cluster.map(|mut c| {
+                c.policy = pod_policy::PodPolicy::new(&config.kube_allowed_service_accounts);
+                kubernetes::KubernetesCapability::start(c, metrics.clone(), wake)
+            }),
         })
     }
 

@@ -97,6 +97,8 @@ pub struct Config {
     pub kubernetes: bool,
     /// Namespace of the Jobs; default: the kubeconfig context's, else `default`.
     pub kube_namespace: Option<String>,
+    /// Service accounts Job pods may run as (empty: `default` only).
+    pub kube_allowed_service_accounts: Vec<String>,
     /// Where functions and executions are kept. `nanofaas serve` defaults to an embedded SQLite
     /// file ([`Location::default_sqlite`]); a `Config` built in code defaults to `memory:`.
     pub store: Location,
@@ -174,6 +176,7 @@ impl Default for Config {
             http_allow: Vec::new(),
             kubernetes: true,
             kube_namespace: None,
+            kube_allowed_service_accounts: Vec::new(),
             store: Location::Memory,
             lease_ttl: Duration::from_millis(defaults::LEASE_TTL_MS),
             lease_scan: Duration::from_millis(defaults::LEASE_SCAN_MS),
@@ -310,6 +313,8 @@ pub struct ServeArgs {
     /// Namespace of the Jobs (default: the kubeconfig context's, else `default`).
     #[arg(long, env = "NANOFAAS_KUBE_NAMESPACE")]
     pub kube_namespace: Option<String>,
+    /// Service accounts Job pods may run as (empty: `default` only).
+    pub kube_allowed_service_accounts: Vec<String>,
     /// Where functions and executions are kept: sqlite:PATH (embedded, one host process),
     /// postgres://USER@HOST/DB (several replicas), or memory: (nothing survives a restart).
     /// Default: sqlite:$XDG_STATE_HOME/nanofaas/nanofaas.db (else ~/.local/state/…).
@@ -376,6 +381,7 @@ impl From<ServeArgs> for Config {
             http_allow: a.http_allow,
             kubernetes: !a.no_kubernetes,
             kube_namespace: a.kube_namespace,
+            kube_allowed_service_accounts: a.kube_allowed_service_accounts,
             store: a.store.unwrap_or_else(Location::default_sqlite),
             lease_ttl: Duration::from_millis(a.lease_ttl_ms.max(300)),
             lease_scan: Duration::from_millis(a.lease_scan_ms.max(100)),

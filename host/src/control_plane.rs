@@ -14,8 +14,9 @@ use std::time::Duration;
 use crate::api::guard::HostNames;
 use crate::auth::Auth;
 use crate::capability::kubernetes::Cluster;
+use crate::capability::pod_policy::PodPolicy;
 use crate::capability::process::Journal;
-use crate::capability::{Capabilities, Wake};
+use crate::capability::{Capabilities, Capability, Wake};
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, RetryPolicy, Start};
 use crate::execution::{ErrorInfo, ErrorKind, Execution, Finish, FinishedBy, Input, Output, Status};
@@ -237,6 +238,15 @@ impl ControlPlane {
         let Some(plugin) = self.plugins().get(&dispatcher).cloned() else {
             return Err(RegisterError::UnknownDispatcher { name: dispatcher, available: self.dispatchers() });
         };
+        // The pod policy, where the spec already says what the Job will run as.
+        if plugin.grants.allows(Capability::Kubernetes)
+            && let Some(account) = spec.dispatcher_config.as_ref().and_then(|c| c.get("serviceAccountName"))
+        {
+            let policy = PodPolicy::new(&self.0.config.kube_allowed_service_accounts);
+            policy
+                .check_service_account(Some(account.as_str().unwrap_or_default()))
+                .map_err(|m| SpecError::new("dispatcherConfig.serviceAccountName", m))?;
+        }
         if let Err(reason) = self.plugins().validate(&plugin, &spec.view()).await? {
             return Err(RegisterError::Refused { plugin: dispatcher, reason });
         }

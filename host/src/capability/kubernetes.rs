@@ -23,6 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 
 use super::Wake;
+use super::pod_policy::PodPolicy;
 use crate::metrics::Metrics;
 
 /// Labels the host puts on every Job (and its pods).
@@ -40,6 +41,8 @@ pub struct Cluster {
     /// Counts the client's requests into `nanofaas_kube_api_requests_total` once the host's
     /// metrics exist (the client is built before them).
     requests: Arc<std::sync::OnceLock<prometheus::IntCounterVec>>,
+    /// What the host refuses in the Jobs plugins build.
+    pub policy: PodPolicy,
 }
 
 impl Cluster {
@@ -71,12 +74,12 @@ impl Cluster {
                 move |inner| CountRequests { inner, requests: requests.clone() }
             }))
             .build();
-        Ok(Self { client, namespace, requests })
+        Ok(Self { client, namespace, requests, policy: PodPolicy::default() })
     }
 
     /// A cluster from an existing client (tests); its requests are not counted.
     pub fn from_client(client: kube::Client, namespace: &str) -> Self {
-        Self { client, namespace: namespace.to_string(), requests: Arc::default() }
+        Self { client, namespace: namespace.to_string(), requests: Arc::default(), policy: PodPolicy::default() }
     }
 }
 
@@ -211,6 +214,7 @@ struct Owned {
 
 struct Inner {
     jobs: Api<Job>,
+    policy: PodPolicy,
     job_cache: Store<Job>,
     pod_cache: Store<Pod>,
     namespace: String,
@@ -255,6 +259,12 @@ impl KubernetesCapability {
     ) -> Result<String, ApiFailure> {
         let mut job: Job = serde_json::from_str(manifest)
             .map_err(|e| ApiFailure::invalid(format!("the manifest is not a Job: {e}")))?;
+        self.0.policy.check(&job).map_err(|m| ApiFailure {
+            status: 0,
+            reason: "Forbidden".into(),
+            message: format!("refused by the host's pod policy: {m}"),
+            retryable: false,
+        })?;
         let labels = [
             (MANAGED_BY, MANAGER.to_string()),
             (FUNCTION_LABEL, function.to_string()),
@@ -440,6 +450,7 @@ impl Inner {
     fn new(cluster: &Cluster, job_cache: Store<Job>, pod_cache: Store<Pod>, metrics: Metrics, wake: Wake) -> Self {
         Self {
             jobs: Api::namespaced(cluster.client.clone(), &cluster.namespace),
+            policy: cluster.policy.clone(),
             job_cache,
             pod_cache,
             namespace: cluster.namespace.clone(),
@@ -624,6 +635,23 @@ mod tests {
         // Not yet seen by the watch: an empty status, not "gone".
         assert_eq!(cap.job_status("exec-1", "f-1"), Ok(Some(JobState::default())));
         assert!(cap.job_status("someone-else", "f-1").is_err(), "only the owner sees its Job");
+    }
+
+    #[tokio::test]
+    async fn jobs_the_pod_policy_refuses_never_reach_the_api_server() {
+        let (cap, mut api, metrics) = capability();
+        let privileged = MANIFEST.replace(r#""image":"i""#, r#""image":"i","securityContext":{"privileged":true}"#);
+        let e = cap.create_job("exec-1", "fn", 1, &privileged).await.unwrap_err();
+        assert!(e.message.contains("privileged containers are not allowed") && !e.retryable, "{e:?}");
+        let other_account = MANIFEST.replace(r#""restartPolicy""#, r#""serviceAccountName":"admin","restartPolicy""#);
+        let e = cap.create_job("exec-1", "fn", 1, &other_account).await.unwrap_err();
+        assert!(e.message.contains("`admin` is not allowed"), "{e:?}");
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), api.next_request()).await.is_err(),
+            "no request was sent"
+        );
+        assert_eq!(metrics.job_created.with_label_values(&["fn"]).get(), 0);
+        assert_eq!(cap.tracked(), 0);
     }
 
     #[test]

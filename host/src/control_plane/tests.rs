@@ -198,3 +198,32 @@ async fn invocation_carries_a_verifiable_token_and_callback_url() {
     assert_eq!(cp.verify_token("other", &inv.callback_token), None);
     assert_eq!(inv.callback_url.unwrap(), format!("http://127.0.0.1:9/v1/internal/executions/{}:complete", exec.id));
 }
+
+#[tokio::test]
+async fn a_service_account_outside_the_allow_list_is_refused_at_registration() {
+    let cp = control_plane(Config::default()).await;
+    let spec = |account: &str| FunctionSpec {
+        name: "job".into(),
+        image: Some("img".into()),
+        command: Some(vec!["run".into()]),
+        dispatcher: Some("k8s-job".into()),
+        dispatcher_config: Some(serde_json::json!({"serviceAccountName": account})),
+        ..Default::default()
+    };
+    match cp.register(spec("cluster-admin")).await {
+        Err(RegisterError::Invalid(e)) => {
+            assert_eq!(e.field, "dispatcherConfig.serviceAccountName");
+            assert!(e.message.contains("`cluster-admin` is not allowed"), "{}", e.message);
+        }
+        other => panic!("expected a refusal naming the field, got {other:?}"),
+    }
+    // An allowed one passes the policy (and is then refused for the missing cluster only).
+    let cp =
+        control_plane(Config { kube_allowed_service_accounts: vec!["fn-runner".into()], ..Config::default() }).await;
+    match cp.register(spec("fn-runner")).await {
+        Err(RegisterError::Refused { reason, .. }) => {
+            assert!(reason.contains("Kubernetes") || reason.contains("cluster"), "{reason}")
+        }
+        other => panic!("expected the plugin's refusal for want of a cluster, got {other:?}"),
+    }
+}
