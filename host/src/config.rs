@@ -24,6 +24,9 @@ pub mod defaults {
     pub const EXECUTION_RETENTION_SECS: u64 = 3600;
     /// How many finished executions are kept at most; the oldest go first.
     pub const MAX_RETAINED_EXECUTIONS: usize = 100_000;
+    /// Input and output bytes of finished executions held in memory at most (the oldest go
+    /// first; with a durable store they stay readable from it).
+    pub const MAX_RETAINED_BYTES: usize = 128 * 1024 * 1024;
     /// How long an `Idempotency-Key` re-attaches to its execution.
     pub const IDEMPOTENCY_TTL_SECS: u64 = 15 * 60;
     /// First retry delay; doubles per attempt up to `RETRY_MAX_MS`, with jitter.
@@ -81,6 +84,7 @@ pub struct Config {
     pub max_timeout: Duration,
     pub execution_retention: Duration,
     pub max_retained_executions: usize,
+    pub max_retained_bytes: usize,
     pub idempotency_ttl: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -166,6 +170,7 @@ impl Default for Config {
             max_timeout: Duration::from_millis(defaults::MAX_TIMEOUT_MS),
             execution_retention: Duration::from_secs(defaults::EXECUTION_RETENTION_SECS),
             max_retained_executions: defaults::MAX_RETAINED_EXECUTIONS,
+            max_retained_bytes: defaults::MAX_RETAINED_BYTES,
             idempotency_ttl: Duration::from_secs(defaults::IDEMPOTENCY_TTL_SECS),
             retry_base: Duration::from_millis(defaults::RETRY_BASE_MS),
             retry_max: Duration::from_millis(defaults::RETRY_MAX_MS),
@@ -270,6 +275,9 @@ pub struct ServeArgs {
     /// Finished executions kept at most (oldest evicted first).
     #[arg(long, env = "NANOFAAS_MAX_RETAINED_EXECUTIONS", default_value_t = defaults::MAX_RETAINED_EXECUTIONS)]
     pub max_retained_executions: usize,
+    /// Input and output bytes of finished executions held in memory at most (oldest evicted first).
+    #[arg(long, env = "NANOFAAS_MAX_RETAINED_BYTES", default_value_t = defaults::MAX_RETAINED_BYTES)]
+    pub max_retained_bytes: usize,
     /// Seconds an Idempotency-Key re-attaches to its execution.
     #[arg(long, env = "NANOFAAS_IDEMPOTENCY_TTL_SECS", default_value_t = defaults::IDEMPOTENCY_TTL_SECS)]
     pub idempotency_ttl_secs: u64,
@@ -364,6 +372,7 @@ impl From<ServeArgs> for Config {
             max_timeout: Duration::from_millis(a.max_timeout_ms),
             execution_retention: Duration::from_secs(a.execution_retention_secs),
             max_retained_executions: a.max_retained_executions,
+            max_retained_bytes: a.max_retained_bytes,
             idempotency_ttl: Duration::from_secs(a.idempotency_ttl_secs),
             retry_base: Duration::from_millis(a.retry_base_ms),
             retry_max: Duration::from_millis(a.retry_max_ms),

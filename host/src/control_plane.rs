@@ -153,6 +153,7 @@ impl ControlPlane {
         let retention = Retention {
             executions: config.execution_retention,
             max_executions: config.max_retained_executions,
+            max_bytes: config.max_retained_bytes,
             keys: config.idempotency_ttl,
         };
         let journal = store.info().durable.then(|| Journal { store: store.clone(), replica: replica.clone(), machine });

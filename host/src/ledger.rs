@@ -116,10 +116,21 @@ pub fn new_trace_id() -> String {
 #[derive(Default)]
 struct Table {
     by_id: HashMap<String, Arc<Execution>>,
-    /// Finished executions in the order they finished.
-    finished: VecDeque<(Instant, String)>,
+    /// Finished executions in the order they finished, with the bytes each holds.
+    finished: VecDeque<(Instant, String, usize)>,
+    /// Input and output bytes of the finished executions held.
+    retained_bytes: usize,
     /// Executions another replica drives, held here for a local waiter.
     remote: HashSet<String>,
+}
+
+impl Table {
+    /// Starts holding a finished execution, counting its input and output bytes.
+    fn push_finished(&mut self, exec: &Execution, now: Instant) {
+        let bytes = exec.input.body.len() + exec.snapshot().output.as_ref().map_or(0, |o| o.body.len());
+        self.retained_bytes += bytes;
+        self.finished.push_back((now, exec.id.clone(), bytes));
+    }
 }
 
 /// Retention of finished executions and idempotency keys.
@@ -127,6 +138,8 @@ struct Table {
 pub struct Retention {
     pub executions: Duration,
     pub max_executions: usize,
+    /// Input and output bytes of finished executions held in memory at most.
+    pub max_bytes: usize,
     pub keys: Duration,
 }
 
@@ -313,7 +326,7 @@ impl Ledger {
             }
             table.by_id.insert(exec.id.clone(), exec.clone());
             if exec.is_terminal() {
-                table.finished.push_back((Instant::now(), exec.id.clone()));
+                table.push_finished(&exec, Instant::now());
             } else {
                 table.remote.insert(exec.id.clone());
             }
@@ -466,7 +479,9 @@ impl Ledger {
         let now = Instant::now();
         let mut table = self.lock();
         table.remote.remove(id);
-        table.finished.push_back((now, id.to_string()));
+        if let Some(exec) = table.by_id.get(id).cloned() {
+            table.push_finished(&exec, now);
+        }
         self.evict(&mut table, now);
     }
 
@@ -548,18 +563,27 @@ impl Ledger {
     }
 
     fn evict(&self, table: &mut Table, now: Instant) {
-        while let Some((at, _)) = table.finished.front() {
+        while let Some((at, _, _)) = table.finished.front() {
             let expired = *at + self.retention.executions <= now;
             let over = table.finished.len() > self.retention.max_executions;
-            if !(expired || over) {
+            let too_big = table.retained_bytes > self.retention.max_bytes;
+            if !(expired || over || too_big) {
                 break;
             }
-            let (_, id) = table.finished.pop_front().expect("front exists");
+            let (_, id, bytes) = table.finished.pop_front().expect("front exists");
+            table.retained_bytes -= bytes;
             if table.by_id.remove(&id).is_some() {
-                let reason = if expired { "retention" } else { "capacity" };
+                let reason = if expired {
+                    "retention"
+                } else if over {
+                    "capacity"
+                } else {
+                    "bytes"
+                };
                 self.metrics.evicted.with_label_values(&[reason]).inc();
             }
         }
+        self.metrics.retained_bytes.set(table.retained_bytes as i64);
     }
 
     /// An awaited store write, timed.

@@ -4,7 +4,9 @@
 //! and several hosts in one process do not collide). Labels are bounded: function names come from
 //! the registry, routes are matched route templates, never raw URIs or execution ids.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Latency buckets in seconds, from 100 µs to 5 min.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -60,6 +62,8 @@ pub struct Metrics {
     pub takeovers: IntCounterVec,
     /// API requests refused by authentication or authorization (`unauthenticated`, `forbidden`).
     pub auth_rejections: IntCounterVec,
+    /// Input and output bytes of the finished executions held in memory.
+    pub retained_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -103,7 +107,12 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
+        let retained_bytes =
+            IntGauge::new("nanofaas_retained_bytes", "Input and output bytes of finished executions held in memory.")
+                .expect("valid metric");
+        registry.register(Box::new(retained_bytes.clone())).expect("unique metric");
         Self {
+            retained_bytes,
             auth_rejections: counter(
                 "nanofaas_auth_rejections_total",
                 "API requests refused for their token, by reason.",

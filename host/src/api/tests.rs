@@ -535,3 +535,24 @@ async fn deleted_functions_leave_no_metric_series() {
     assert!(!scrape.contains("function=\"f1"), "no series of deleted functions:\n{scrape}");
     assert!(scrape.contains("nanofaas_invocations_total{dispatcher=\"echo\",function=\"kept\",outcome=\"success\"} 1"));
 }
+
+#[tokio::test]
+async fn retained_results_are_capped_by_bytes_oldest_first() {
+    let (cp, app) = app_with(Config { max_retained_bytes: 1000, ..Config::default() }).await;
+    with_echo(&app, "echo").await;
+    let text = "x".repeat(300);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": text})).await;
+        assert_eq!(r.status, StatusCode::OK);
+        ids.push(r.body["executionId"].as_str().unwrap().to_string());
+        // Input and output of ~300 bytes each: at most one execution fits in 1000 bytes.
+        assert!(cp.metrics().retained_bytes.get() <= 1000, "{}", cp.metrics().retained_bytes.get());
+    }
+    assert!(cp.metrics().retained_bytes.get() > 0);
+    let newest = send(&app, Method::GET, &format!("/v1/executions/{}", ids[4]), &[], AxumBody::empty()).await;
+    assert_eq!(newest.status, StatusCode::OK, "the newest stays");
+    let oldest = send(&app, Method::GET, &format!("/v1/executions/{}", ids[0]), &[], AxumBody::empty()).await;
+    assert_eq!(oldest.status, StatusCode::NOT_FOUND, "the oldest went first");
+    assert_eq!(cp.metrics().evicted.with_label_values(&["bytes"]).get(), 4);
+}
