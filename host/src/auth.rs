@@ -47,9 +47,12 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// The caller when authentication is off.
+    /// The caller when authentication is off (one shared value: no allocation per request).
     pub fn anyone() -> Arc<Self> {
-        Arc::new(Self { name: "anonymous".into(), scopes: vec![Scope::Admin], functions: None })
+        static ANYONE: std::sync::OnceLock<Arc<Grant>> = std::sync::OnceLock::new();
+        ANYONE
+            .get_or_init(|| Arc::new(Self { name: "anonymous".into(), scopes: vec![Scope::Admin], functions: None }))
+            .clone()
     }
 
     /// Whether the grant covers `function` at all (patterns only).

@@ -130,6 +130,8 @@ pub async fn run_with_cluster(
         machine: machine.clone(),
     };
     let cp = ControlPlane::new(parts).await?;
+    // Subscribed before the functions are read, so a registration elsewhere in between is seen.
+    let events = cp.store().events();
     let stored = cp.load_functions().await?;
     if stored > 0 {
         tracing::info!(count = stored, "functions loaded from the store");
@@ -148,7 +150,7 @@ pub async fn run_with_cluster(
             stop.cancel();
         }
     });
-    let background = tokio::spawn(replica::run(cp.clone(), leases, machine, stop.clone()));
+    let background = tokio::spawn(replica::run(cp.clone(), leases, machine, events, stop.clone()));
     let janitor = tokio::spawn({
         let (cp, stop) = (cp.clone(), stop.clone());
         async move {

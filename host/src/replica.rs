@@ -53,8 +53,15 @@ pub async fn join(cp: &ControlPlane, leases: Leases, machine: &str) -> anyhow::R
     Ok(recovery::take_up(cp, taken, machine).await)
 }
 
-/// Runs the lease loops until `stop`.
-pub async fn run(cp: ControlPlane, leases: Leases, machine: String, stop: CancellationToken) {
+/// Runs the lease loops until `stop`. `events` is the store's event stream, subscribed to
+/// before the functions were loaded, so that no registration made elsewhere in between is missed.
+pub async fn run(
+    cp: ControlPlane,
+    leases: Leases,
+    machine: String,
+    mut events: Option<tokio::sync::broadcast::Receiver<Event>>,
+    stop: CancellationToken,
+) {
     let store = cp.store().clone();
     if !store.info().durable {
         return;
@@ -63,7 +70,6 @@ pub async fn run(cp: ControlPlane, leases: Leases, machine: String, stop: Cancel
     let mut renew = tokio::time::interval(leases.renew_every());
     let mut scan = tokio::time::interval(leases.scan);
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
-    let mut events = store.events();
     let shared = store.info().shared;
     loop {
         tokio::select! {
