@@ -15,9 +15,21 @@ fi
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 export DEBIAN_FRONTEND=noninteractive
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-  printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' |
-    sudo_ tee /etc/apt/sources.list.d/nanofaas-src.sources >/dev/null
+# Source packages come from wherever this machine's binary packages come from: each configured
+# `deb` source again as `deb-src` (same URIs, suites, components and keys).
+if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -rqs '^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  lines="$(grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | sed 's/^deb /deb-src /' || true)"
+  if [ -n "$lines" ]; then
+    printf '%s\n' "$lines" | sudo_ tee /etc/apt/sources.list.d/nanofaas-src.list >/dev/null
+  fi
+  stanzas=""
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    stanzas="$stanzas$(sed 's/^Types:.*/Types: deb-src/' "$f")"$'\n\n'
+  done
+  if [ -n "$stanzas" ]; then
+    printf '%s' "$stanzas" | sudo_ tee /etc/apt/sources.list.d/nanofaas-src.sources >/dev/null
+  fi
 fi
 sudo_ apt-get update -qq >&2
 sudo_ apt-get install -y -qq etcd-server golang-1.19-go rsync golang-github-modern-go-reflect2-dev openssl util-linux >&2

@@ -145,14 +145,14 @@ async fn a_callback_completes_pending_work_once() {
     }
     tokio::time::advance(Duration::from_millis(50)).await;
     assert_eq!(
-        cp.complete(&exec, callback(r#"{"success":true,"output":{"answer":42}}"#)).await,
+        cp.complete(&exec, 1, callback(r#"{"success":true,"output":{"answer":42}}"#)).await,
         CallbackOutcome::Accepted
     );
     exec.wait_done().await;
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Success);
     assert_eq!(s.output.unwrap().body.as_ref(), br#"{"answer":42}"#);
-    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":1}"#)).await, CallbackOutcome::Duplicate);
+    assert_eq!(cp.complete(&exec, 1, callback(r#"{"success":true,"output":1}"#)).await, CallbackOutcome::Duplicate);
     assert_eq!(cp.metrics().callbacks.with_label_values(&["accepted"]).get(), 1);
     assert_eq!(cp.metrics().callbacks.with_label_values(&["duplicate"]).get(), 1);
     while cp.running_drivers() > 0 {
@@ -167,7 +167,7 @@ async fn a_failed_callback_is_a_function_error() {
     testkit(&cp, "remote", json!({"behavior": "pending"}), |_| {}).await;
     let exec = submit(&cp, "remote", "1").await;
     let r = callback(r#"{"success":false,"error":{"code":"BAD_INPUT","message":"no"}}"#);
-    assert_eq!(cp.complete(&exec, r).await, CallbackOutcome::Accepted);
+    assert_eq!(cp.complete(&exec, 1, r).await, CallbackOutcome::Accepted);
     let s = exec.snapshot();
     assert_eq!((s.status, s.error.unwrap().code), (Status::Error, "BAD_INPUT".to_string()));
 }
@@ -178,7 +178,7 @@ async fn a_late_callback_changes_nothing_and_is_counted() {
     testkit(&cp, "remote", json!({"behavior": "pending"}), |s| s.timeout_ms = Some(500)).await;
     let exec = submit(&cp, "remote", "1").await;
     exec.wait_done().await;
-    assert_eq!(cp.complete(&exec, callback(r#"{"success":true,"output":1}"#)).await, CallbackOutcome::Late);
+    assert_eq!(cp.complete(&exec, 1, callback(r#"{"success":true,"output":1}"#)).await, CallbackOutcome::Late);
     let s = exec.snapshot();
     assert_eq!(s.status, Status::Timeout);
     assert!(s.output.is_none());

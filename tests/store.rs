@@ -138,6 +138,13 @@ async fn round_trip(under: Under) {
     assert_eq!(back.snapshot.status, Status::Success);
     assert_eq!(back.snapshot.output, done.output);
     assert_eq!(back.pending, None, "a settle clears the pending work");
+
+    // An output over the retained-output cap is kept as its size and digest.
+    store.write(insert(&record("e2", "a"))).await.unwrap();
+    let big = terminal(Status::Success, &"y".repeat(100)).retained(10);
+    assert!(big.output.is_none() && big.dropped_output.as_ref().is_some_and(|d| d.bytes == 100));
+    assert_eq!(store.write(settle("e2", Some(1), big.clone())).await.unwrap(), Written::Settled);
+    assert_eq!(store.execution("e2").await.unwrap().unwrap().snapshot, big);
 }
 both!(records_round_trip, round_trip);
 
@@ -179,6 +186,40 @@ async fn stale_epochs_are_refused(under: Under) {
     assert!(store.take_over("c", TakeOver::AllOthers).await.unwrap().records.is_empty());
 }
 both!(stale_epochs_are_refused, stale_epochs_are_refused);
+
+/// A callback's settle (no epoch) carries its token's attempt: refused while the store is at a
+/// later attempt, accepted at the same one or at a later one the store has not heard of yet.
+/// Both the one-by-one and the batched statement are checked (writes made at once are batched).
+async fn callbacks_of_earlier_attempts_are_refused(under: Under) {
+    let store = under.open().await;
+    let at = |attempt, body: &str| Snapshot { attempt, ..terminal(Status::Success, body) };
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("e{i}");
+            store.write(insert(&record(&id, "a"))).await.unwrap();
+            let start = Write::Start { id: id.clone(), epoch: 1, attempt: 2, started_at: SystemTime::now() };
+            assert_eq!(store.write(start).await.unwrap(), Written::Done);
+            let stale = store.write(settle(&id, None, at(1, "stale"))).await.unwrap();
+            // The store has not heard of attempt 3 (its start is behind): the driver has.
+            let ahead = store.write(settle(&id, None, at(3, "ahead"))).await.unwrap();
+            (stale, ahead)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), (Written::Stale(2), Written::Settled));
+    }
+    let r = store.execution("e7").await.unwrap().unwrap();
+    assert_eq!((r.snapshot.status, r.snapshot.attempt), (Status::Success, 3));
+    assert_eq!(r.snapshot.output.unwrap().body.as_ref(), b"ahead");
+    // A driver's settle (with its epoch) is not held to an attempt.
+    store.write(insert(&record("d", "a"))).await.unwrap();
+    let start = Write::Start { id: "d".into(), epoch: 1, attempt: 2, started_at: SystemTime::now() };
+    store.write(start).await.unwrap();
+    assert_eq!(store.write(settle("d", Some(1), at(1, "driver"))).await.unwrap(), Written::Settled);
+}
+both!(callbacks_of_earlier_attempts_are_refused, callbacks_of_earlier_attempts_are_refused);
 
 async fn idempotency_keys(under: Under) {
     let store = under.open().await;

@@ -18,6 +18,7 @@ mod capability;
 mod dispatch;
 mod http;
 mod kube;
+mod memory;
 mod stats;
 mod store;
 
@@ -72,6 +73,14 @@ enum Bench {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// Host RSS across sync calls with outputs of several MiB, with and without the
+    /// retained-output cap.
+    Memory {
+        #[arg(long, default_value_t = 30)]
+        calls: usize,
+        #[arg(long, default_value_t = 5)]
+        mib: usize,
+    },
     /// `pool` invoke vs calling the same endpoint directly.
     Pool {
         #[arg(long, default_value_t = 10_000)]
@@ -91,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Local { calls, concurrency } => capability::local(calls, concurrency).await,
             Bench::Pool { calls, concurrency } => capability::pool(calls, concurrency).await,
             Bench::Kube { executions } => kube::run(executions).await,
+            Bench::Memory { calls, mib } => memory::run(calls, mib).await,
             Bench::Store { rounds, seconds, connections } => store::run(rounds, seconds, connections).await,
         }
     })

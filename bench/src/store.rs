@@ -17,7 +17,7 @@ use nanofaas_test_support::postgres::Postgres;
 use nanofaas_test_support::{Host, artifacts, plugin_dir};
 use serde_json::json;
 
-fn host_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn host_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.parent().expect("a directory").join("nanofaas");
     anyhow::ensure!(path.is_file(), "{} is missing: cargo build --release --bin nanofaas", path.display());
     Ok(path)

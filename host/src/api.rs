@@ -40,6 +40,10 @@ pub fn router(cp: ControlPlane) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            guard::BodyBudget::new(cp.config().max_inflight_body_bytes, limit),
+            guard::budget,
+        ))
         .layer(middleware::from_fn_with_state(cp.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(cp.clone(), track))
         .with_state(cp)

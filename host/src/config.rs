@@ -27,6 +27,9 @@ pub mod defaults {
     /// Input and output bytes of finished executions held in memory at most (the oldest go
     /// first; with a durable store they stay readable from it).
     pub const MAX_RETAINED_BYTES: usize = 128 * 1024 * 1024;
+    /// Largest output kept with a finished execution (in memory and in the store); a larger
+    /// one goes to the callers waiting for it and is then kept as its size and digest.
+    pub const MAX_RETAINED_OUTPUT_BYTES: usize = 1024 * 1024;
     /// How long an `Idempotency-Key` re-attaches to its execution.
     pub const IDEMPOTENCY_TTL_SECS: u64 = 15 * 60;
     /// First retry delay; doubles per attempt up to `RETRY_MAX_MS`, with jitter.
@@ -59,6 +62,9 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
     /// API connections open at once.
     pub const MAX_CONNECTIONS: usize = 1024;
+    /// Bytes of request bodies held by the API at once (a request holds its body's share until
+    /// it is answered); a request that would go over is refused with 503.
+    pub const MAX_INFLIGHT_BODY_BYTES: usize = 256 * 1024 * 1024;
     /// How long a stop lets requests in flight finish before it hands over what is left.
     pub const SHUTDOWN_GRACE_MS: u64 = 20_000;
 }
@@ -85,6 +91,7 @@ pub struct Config {
     pub execution_retention: Duration,
     pub max_retained_executions: usize,
     pub max_retained_bytes: usize,
+    pub max_retained_output_bytes: usize,
     pub idempotency_ttl: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -118,6 +125,7 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_inflight_body_bytes: usize,
     pub shutdown_grace: Duration,
 }
 
@@ -171,6 +179,7 @@ impl Default for Config {
             execution_retention: Duration::from_secs(defaults::EXECUTION_RETENTION_SECS),
             max_retained_executions: defaults::MAX_RETAINED_EXECUTIONS,
             max_retained_bytes: defaults::MAX_RETAINED_BYTES,
+            max_retained_output_bytes: defaults::MAX_RETAINED_OUTPUT_BYTES,
             idempotency_ttl: Duration::from_secs(defaults::IDEMPOTENCY_TTL_SECS),
             retry_base: Duration::from_millis(defaults::RETRY_BASE_MS),
             retry_max: Duration::from_millis(defaults::RETRY_MAX_MS),
@@ -190,6 +199,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             header_read_timeout: Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS),
             max_connections: defaults::MAX_CONNECTIONS,
+            max_inflight_body_bytes: defaults::MAX_INFLIGHT_BODY_BYTES,
             shutdown_grace: Duration::from_millis(defaults::SHUTDOWN_GRACE_MS),
         }
     }
@@ -278,6 +288,10 @@ pub struct ServeArgs {
     /// Input and output bytes of finished executions held in memory at most (oldest evicted first).
     #[arg(long, env = "NANOFAAS_MAX_RETAINED_BYTES", default_value_t = defaults::MAX_RETAINED_BYTES)]
     pub max_retained_bytes: usize,
+    /// Largest output kept with a finished execution; a larger one is delivered to the callers
+    /// waiting for it, then kept as its size and SHA-256 digest.
+    #[arg(long, env = "NANOFAAS_MAX_RETAINED_OUTPUT_BYTES", default_value_t = defaults::MAX_RETAINED_OUTPUT_BYTES)]
+    pub max_retained_output_bytes: usize,
     /// Seconds an Idempotency-Key re-attaches to its execution.
     #[arg(long, env = "NANOFAAS_IDEMPOTENCY_TTL_SECS", default_value_t = defaults::IDEMPOTENCY_TTL_SECS)]
     pub idempotency_ttl_secs: u64,
@@ -352,6 +366,10 @@ pub struct ServeArgs {
     /// API connections open at once (past it, accepting pauses).
     #[arg(long, env = "NANOFAAS_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Bytes of request bodies the API holds at once (until each request is answered); a request
+    /// that would go over is refused with 503 OVERLOADED.
+    #[arg(long, env = "NANOFAAS_MAX_INFLIGHT_BODY_BYTES", default_value_t = defaults::MAX_INFLIGHT_BODY_BYTES)]
+    pub max_inflight_body_bytes: usize,
     /// How long a stop lets requests in flight finish, in milliseconds.
     #[arg(long, env = "NANOFAAS_SHUTDOWN_GRACE_MS", default_value_t = defaults::SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
@@ -373,6 +391,7 @@ impl From<ServeArgs> for Config {
             execution_retention: Duration::from_secs(a.execution_retention_secs),
             max_retained_executions: a.max_retained_executions,
             max_retained_bytes: a.max_retained_bytes,
+            max_retained_output_bytes: a.max_retained_output_bytes,
             idempotency_ttl: Duration::from_secs(a.idempotency_ttl_secs),
             retry_base: Duration::from_millis(a.retry_base_ms),
             retry_max: Duration::from_millis(a.retry_max_ms),
@@ -399,6 +418,7 @@ impl From<ServeArgs> for Config {
             allowed_hosts: a.allowed_hosts,
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.max(1)),
             max_connections: a.max_connections.max(1),
+            max_inflight_body_bytes: a.max_inflight_body_bytes,
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
         }
     }

@@ -104,6 +104,8 @@ pub enum CallbackOutcome {
     Duplicate,
     /// The execution had already timed out or been cancelled.
     Late,
+    /// The callback is for an earlier attempt than the execution's current one.
+    Stale,
 }
 
 impl CallbackOutcome {
@@ -112,6 +114,7 @@ impl CallbackOutcome {
             CallbackOutcome::Accepted => "accepted",
             CallbackOutcome::Duplicate => "duplicate",
             CallbackOutcome::Late => "late",
+            CallbackOutcome::Stale => "stale",
         }
     }
 }
@@ -154,6 +157,7 @@ impl ControlPlane {
             executions: config.execution_retention,
             max_executions: config.max_retained_executions,
             max_bytes: config.max_retained_bytes,
+            max_output_bytes: config.max_retained_output_bytes,
             keys: config.idempotency_ttl,
         };
         let journal = store.info().durable.then(|| Journal { store: store.clone(), replica: replica.clone(), machine });
@@ -361,12 +365,14 @@ impl ControlPlane {
     pub async fn submit(&self, function: &str, input: Input, opts: SubmitOptions) -> Result<Attach, SubmitError> {
         let f = self.registry().get(function).ok_or_else(|| SubmitError::UnknownFunction(function.to_string()))?;
         let store_first = self.0.ledger.durable_at_accept(&opts) || opts.idempotency_key.is_some();
+        let asynchronous = opts.asynchronous;
         let cp = self.clone();
         let accept = async move {
             Ok(match cp.0.ledger.accept(&f, input, opts).await? {
                 Accepted::New(exec, admission) => {
+                    let hold = (!asynchronous).then(|| exec.hold_result());
                     cp.0.dispatcher.spawn(exec.clone(), admission, Start::Fresh);
-                    Attach::New(exec)
+                    Attach::New(exec, hold)
                 }
                 Accepted::Existing(exec) => Attach::Existing(exec),
             })
@@ -397,7 +403,7 @@ impl ControlPlane {
     }
 
     /// Applies a completion callback whose token was already checked.
-    pub async fn complete(&self, exec: &Execution, result: CallbackResult) -> CallbackOutcome {
+    pub async fn complete(&self, exec: &Execution, attempt: u32, result: CallbackResult) -> CallbackOutcome {
         let finish = if result.success {
             let body = result.output.map_or_else(|| "null".to_string(), |raw| raw.get().to_string());
             Finish::Success(Output { content_type: "application/json".into(), body: body.into() })
@@ -414,8 +420,10 @@ impl ControlPlane {
         let outcome = if self.finish(exec, finish, FinishedBy::Callback).await {
             CallbackOutcome::Accepted
         } else {
-            match exec.status() {
+            let now = exec.snapshot();
+            match now.status {
                 Status::Timeout | Status::Cancelled => CallbackOutcome::Late,
+                status if !status.is_terminal() && now.attempt > attempt => CallbackOutcome::Stale,
                 _ => CallbackOutcome::Duplicate,
             }
         };

@@ -203,7 +203,7 @@ impl Dispatcher {
                 Some(step) => step,
                 None => {
                     attempt += 1;
-                    if !self.ledger.start_attempt(exec, attempt) {
+                    if !self.ledger.start_attempt(exec, attempt).await {
                         // Finished or handed over elsewhere; `drive` sees it too.
                         return None;
                     }

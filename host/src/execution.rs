@@ -94,6 +94,28 @@ pub struct Output {
     pub body: Bytes,
 }
 
+/// What is kept of an output larger than the retained-output cap: it went to the callers that
+/// waited for it; later readers learn its size and digest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DroppedOutput {
+    pub content_type: String,
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the output.
+    pub sha256: String,
+}
+
+impl DroppedOutput {
+    pub fn of(output: &Output) -> Self {
+        use sha2::Digest;
+        Self {
+            content_type: output.content_type.clone(),
+            bytes: output.body.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&output.body)),
+        }
+    }
+}
+
 /// How an execution ended; the argument of a finish.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Finish {
@@ -175,6 +197,8 @@ pub struct Snapshot {
     pub started_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
     pub output: Option<Output>,
+    /// Set instead of `output` when the output was over the retained-output cap.
+    pub dropped_output: Option<DroppedOutput>,
     pub error: Option<ErrorInfo>,
     pub error_kind: Option<ErrorKind>,
     pub finished_by: Option<FinishedBy>,
@@ -188,10 +212,19 @@ impl Snapshot {
             started_at: None,
             finished_at: None,
             output: None,
+            dropped_output: None,
             error: None,
             error_kind: None,
             finished_by: None,
         }
+    }
+
+    /// This snapshot as it is retained: an output over `cap` bytes becomes its size and digest.
+    pub fn retained(mut self, cap: usize) -> Self {
+        if let Some(output) = self.output.take_if(|o| o.body.len() > cap) {
+            self.dropped_output = Some(DroppedOutput::of(&output));
+        }
+        self
     }
 }
 
@@ -234,6 +267,10 @@ struct State {
     durable: bool,
     epoch: u64,
     detached: bool,
+    /// [`ResultHold`]s alive.
+    waiters: usize,
+    /// The retained-output cap to apply once the last waiter has its result.
+    seal: Option<usize>,
 }
 
 pub struct Execution {
@@ -273,6 +310,8 @@ impl Execution {
                 durable: false,
                 epoch: 1,
                 detached: false,
+                waiters: 0,
+                seal: None,
             },
         )
     }
@@ -297,6 +336,8 @@ impl Execution {
                 durable: true,
                 epoch: record.epoch,
                 detached: false,
+                waiters: 0,
+                seal: None,
             },
         )
     }
@@ -467,6 +508,24 @@ impl Execution {
         true
     }
 
+    /// Raises the attempt of a copy that lags behind its driver (another replica drives the
+    /// execution and started `attempt`; the store or its events have not said so yet).
+    pub fn observe_attempt(&self, attempt: u32) {
+        let mut state = self.lock();
+        let s = &mut state.snapshot;
+        if !s.status.is_terminal() && attempt > s.attempt {
+            s.status = Status::Running;
+            s.attempt = attempt;
+        }
+    }
+
+    /// Gives up a claim refused because the execution is at a later `attempt` than the claim's
+    /// (a stale callback): it goes on, seen at that attempt.
+    pub fn withdraw_claim(&self, attempt: u32) {
+        self.lock().finishing = false;
+        self.observe_attempt(attempt);
+    }
+
     /// Gives up a claimed finish that could not be recorded because another replica drives
     /// the execution now: it is detached instead (its driver stops; its state is not ours).
     pub fn release_claim(&self) {
@@ -496,6 +555,27 @@ impl Execution {
                 }
             }
             notified.await;
+        }
+    }
+
+    /// Holds this execution's whole result for a caller that will wait for it: an output over
+    /// the retained-output cap is sealed only once every hold is dropped.
+    pub fn hold_result(self: &Arc<Self>) -> ResultHold {
+        self.lock().waiters += 1;
+        ResultHold(self.clone())
+    }
+
+    /// Applies the retained-output cap to a finished execution: now, or when its last waiter
+    /// has its result.
+    pub fn seal(&self, cap: usize) {
+        let mut state = self.lock();
+        if !state.snapshot.status.is_terminal() {
+            return;
+        }
+        if state.waiters == 0 {
+            state.snapshot = std::mem::replace(&mut state.snapshot, Snapshot::queued()).retained(cap);
+        } else {
+            state.seal = Some(cap);
         }
     }
 
@@ -530,6 +610,33 @@ pub fn unix_ms(at: SystemTime) -> u64 {
 /// The wall-clock time of `ms` milliseconds since the Unix epoch.
 pub fn from_unix_ms(ms: u64) -> SystemTime {
     std::time::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A caller's hold on an execution's whole result (see [`Execution::hold_result`]).
+pub struct ResultHold(Arc<Execution>);
+
+impl ResultHold {
+    pub fn execution(&self) -> &Arc<Execution> {
+        &self.0
+    }
+
+    /// Waits like [`Execution::wait_done`] and returns the state then, output whole.
+    pub async fn wait(&self) -> Snapshot {
+        self.0.wait_done().await;
+        self.0.snapshot()
+    }
+}
+
+impl Drop for ResultHold {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.waiters -= 1;
+        if state.waiters == 0
+            && let Some(cap) = state.seal.take()
+        {
+            state.snapshot = std::mem::replace(&mut state.snapshot, Snapshot::queued()).retained(cap);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::execution::{ErrorInfo, Execution, Finish, FinishedBy, Input, NewExecution, PendingWork, Record, Status};
+use crate::execution::{
+    ErrorInfo, Execution, Finish, FinishedBy, Input, NewExecution, PendingWork, Record, ResultHold, Status,
+};
 use crate::function::{Function, FunctionSpec};
 use crate::metrics::Metrics;
 use crate::queue::{Admission, Overload, Slot};
@@ -39,8 +41,8 @@ const SLOT_RETRY: Duration = Duration::from_secs(1);
 
 /// How a request got its execution.
 pub enum Attach {
-    /// A new execution was created.
-    New(Arc<Execution>),
+    /// A new execution was created; a synchronous request holds its result from the start.
+    New(Arc<Execution>, Option<ResultHold>),
     /// The `Idempotency-Key` named an existing execution with the same request.
     Existing(Arc<Execution>),
 }
@@ -48,7 +50,16 @@ pub enum Attach {
 impl Attach {
     pub fn execution(&self) -> &Arc<Execution> {
         match self {
-            Attach::New(e) | Attach::Existing(e) => e,
+            Attach::New(e, _) | Attach::Existing(e) => e,
+        }
+    }
+
+    /// A hold on the execution's whole result (taken at creation for a synchronous request, so
+    /// that its output cannot be sealed before the request reads it).
+    pub fn into_hold(self) -> ResultHold {
+        match self {
+            Attach::New(_, Some(hold)) => hold,
+            Attach::New(e, None) | Attach::Existing(e) => e.hold_result(),
         }
     }
 }
@@ -125,9 +136,12 @@ struct Table {
 }
 
 impl Table {
-    /// Starts holding a finished execution, counting its input and output bytes.
-    fn push_finished(&mut self, exec: &Execution, now: Instant) {
-        let bytes = exec.input.body.len() + exec.snapshot().output.as_ref().map_or(0, |o| o.body.len());
+    /// Starts holding a finished execution, counting its input and retained output bytes (an
+    /// output over `output_cap` is sealed to its digest once its waiters have it).
+    fn push_finished(&mut self, exec: &Execution, now: Instant, output_cap: usize) {
+        exec.seal(output_cap);
+        let output = exec.snapshot().output.map_or(0, |o| o.body.len());
+        let bytes = exec.input.body.len() + if output > output_cap { 0 } else { output };
         self.retained_bytes += bytes;
         self.finished.push_back((now, exec.id.clone(), bytes));
     }
@@ -140,6 +154,8 @@ pub struct Retention {
     pub max_executions: usize,
     /// Input and output bytes of finished executions held in memory at most.
     pub max_bytes: usize,
+    /// Largest output kept with a finished execution (in memory and in the store).
+    pub max_output_bytes: usize,
     pub keys: Duration,
 }
 
@@ -326,7 +342,7 @@ impl Ledger {
             }
             table.by_id.insert(exec.id.clone(), exec.clone());
             if exec.is_terminal() {
-                table.push_finished(&exec, Instant::now());
+                table.push_finished(&exec, Instant::now(), self.retention.max_output_bytes);
             } else {
                 table.remote.insert(exec.id.clone());
             }
@@ -345,14 +361,23 @@ impl Ledger {
         exec
     }
 
-    /// Marks the start of an attempt (and writes it behind, when the execution is written).
-    pub fn start_attempt(&self, exec: &Execution, attempt: u32) -> bool {
+    /// Marks the start of an attempt, when the execution is written: the first one behind (the
+    /// hot path), a retry before it runs — so a callback of the attempt before, arriving at any
+    /// replica, finds the store at the new attempt and is refused.
+    pub async fn start_attempt(&self, exec: &Execution, attempt: u32) -> bool {
         if !exec.start_attempt(attempt) {
             return false;
         }
         if exec.is_durable() {
             let started_at = exec.snapshot().started_at.unwrap_or_else(SystemTime::now);
-            self.store.write_behind(Write::Start { id: exec.id.clone(), epoch: exec.epoch(), attempt, started_at });
+            let write = Write::Start { id: exec.id.clone(), epoch: exec.epoch(), attempt, started_at };
+            if attempt == 1 {
+                self.store.write_behind(write);
+            } else if let Err(e) = self.timed_write(write, "start").await {
+                // The attempt runs all the same; only the stale-callback check at other
+                // replicas is weaker until a later write lands.
+                tracing::warn!(execution_id = %exec.id, error = %e, "cannot record a retry's start");
+            }
         }
         true
     }
@@ -423,7 +448,7 @@ impl Ledger {
                 id: exec.id.clone(),
                 function: exec.function.name().to_string(),
                 epoch,
-                terminal: terminal.clone(),
+                terminal: terminal.clone().retained(self.retention.max_output_bytes),
             };
             match self.timed_write(write, "settle").await {
                 Ok(Written::Settled | Written::NotFound) => {}
@@ -431,6 +456,12 @@ impl Ledger {
                     // Another replica recorded a finish first (a callback there): that one stands.
                     exec.publish(*first);
                     self.retain(&exec.id);
+                    return false;
+                }
+                Ok(Written::Stale(attempt)) => {
+                    // A callback of an earlier attempt, refused by the store: the execution
+                    // goes on, at the attempt the store knows.
+                    exec.withdraw_claim(attempt);
                     return false;
                 }
                 Ok(_) => {
@@ -480,7 +511,7 @@ impl Ledger {
         let mut table = self.lock();
         table.remote.remove(id);
         if let Some(exec) = table.by_id.get(id).cloned() {
-            table.push_finished(&exec, now);
+            table.push_finished(&exec, now, self.retention.max_output_bytes);
         }
         self.evict(&mut table, now);
     }

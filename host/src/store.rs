@@ -152,7 +152,8 @@ pub enum Write {
     /// The pending work of the current attempt (none: no work pending).
     Pending { id: String, epoch: u64, pending: Option<PendingWork> },
     /// The terminal state. `epoch: None` for a settle that does not come from a driver (a
-    /// callback, which may arrive at any replica).
+    /// callback, which may arrive at any replica): it applies only while the execution is at
+    /// `terminal.attempt` or an earlier attempt the store has not heard about yet.
     Settle { id: String, function: String, epoch: Option<u64>, terminal: Snapshot },
     /// A concurrency slot of `function` for the execution (shared stores): granted when fewer
     /// than `concurrency` of its executions hold one.
@@ -190,6 +191,8 @@ pub enum Written {
     AlreadyFinished(Box<Snapshot>),
     /// The execution is driven under another epoch now: this replica lost it.
     Lost,
+    /// A callback's settle for an attempt older than the execution's current one (this one).
+    Stale(u32),
     NotFound,
     /// Whether a slot was granted.
     Slot(bool),

@@ -10,7 +10,7 @@ use super::guard::{Caller, require};
 use super::{ApiError, PathParam};
 use crate::auth::Scope;
 use crate::control_plane::ControlPlane;
-use crate::execution::{ErrorInfo, Execution, Output, Snapshot};
+use crate::execution::{DroppedOutput, ErrorInfo, Execution, Output, Snapshot};
 
 /// The full record of an execution.
 #[derive(Serialize)]
@@ -38,7 +38,36 @@ pub(super) struct ResultView {
     pub output_content_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_encoding: Option<&'static str>,
+    /// Instead of `output`, when it was over the retained-output cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_not_retained: Option<NotRetained>,
     pub error: Option<ErrorInfo>,
+}
+
+/// What a reader gets of an output that was not retained.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NotRetained {
+    code: &'static str,
+    message: String,
+    #[serde(flatten)]
+    output: DroppedOutput,
+}
+
+impl NotRetained {
+    pub const CODE: &'static str = "OUTPUT_NOT_RETAINED";
+
+    pub fn of(output: &DroppedOutput) -> Self {
+        Self { code: Self::CODE, message: Self::message(output), output: output.clone() }
+    }
+
+    pub fn message(output: &DroppedOutput) -> String {
+        format!(
+            "the output ({} bytes) was larger than the retained-output cap: it went to the callers that waited \
+             for it, and only its size and SHA-256 digest are kept",
+            output.bytes
+        )
+    }
 }
 
 impl ResultView {
@@ -48,6 +77,7 @@ impl ResultView {
             output: None,
             output_content_type: None,
             output_encoding: None,
+            output_not_retained: snapshot.dropped_output.as_ref().map(NotRetained::of),
             error: snapshot.error.clone(),
         };
         let Some(Output { content_type, body }) = &snapshot.output else { return view };

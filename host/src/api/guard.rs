@@ -5,7 +5,9 @@
 //! else (421); a POST whose body is not declared JSON or bytes (a cross-site form or a simple
 //! `fetch`) gets 415; then the caller is authenticated (401) and its [`Grant`] goes into the
 //! request's extensions for the handlers to check scopes against (403). The callback and input
-//! routes carry per-attempt tokens of their own and skip the API token.
+//! routes carry per-attempt tokens of their own and skip the API token. Last, a request with a
+//! body takes its share of the [`BodyBudget`] (503 when the budget is spent) and holds it until
+//! it is answered, so the bodies held at once are bounded by bytes, whatever the connections.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +20,56 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiError, bearer};
 use crate::auth::{Grant, Scope};
 use crate::control_plane::ControlPlane;
+
+/// Bytes of request bodies held at once, in KiB permits. A request is charged its
+/// `Content-Length`, or the body limit when it has none (chunked), from before its body is
+/// read until its response is produced.
+#[derive(Clone)]
+pub struct BodyBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+    max_body: usize,
+}
+
+impl BodyBudget {
+    pub fn new(total_bytes: usize, max_body: usize) -> Self {
+        let total_kib = u32::try_from(total_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)), total_kib, max_body }
+    }
+
+    fn charge(&self, request: &Request) -> u32 {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+        let bytes = match declared {
+            Some(n) => n.min(self.max_body),
+            None if chunked => self.max_body,
+            None => 0,
+        };
+        u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).min(self.total_kib)
+    }
+}
+
+pub(super) async fn budget(State(budget): State<BodyBudget>, request: Request, next: Next) -> Response {
+    let kib = budget.charge(&request);
+    if kib == 0 {
+        return next.run(request).await;
+    }
+    let Ok(_held) = budget.permits.clone().try_acquire_many_owned(kib) else {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            "the request bodies this host holds are at --max-inflight-body-bytes; retry later",
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request).await
+}
 
 /// The names this host answers to (besides IP addresses and `localhost`).
 #[derive(Clone, Debug, Default)]

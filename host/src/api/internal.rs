@@ -3,8 +3,9 @@
 //!
 //! The token is checked before the execution is looked up, so an unauthenticated caller learns
 //! nothing about which executions exist (401 before 404). A token names its attempt: one of an
-//! attempt that is no longer the execution's current one is refused (409 `STALE_ATTEMPT`), so a
-//! slow pod of an earlier attempt cannot settle a newer one.
+//! attempt earlier than the execution's current one is refused (409 `STALE_ATTEMPT`), so a slow
+//! pod of an earlier attempt cannot settle a newer one — with replicas, the store checks it too,
+//! since the copy a replica holds may lag behind the driver's.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, Body, PathParam, bearer, executions};
-use crate::control_plane::{CallbackResult, ControlPlane};
+use crate::control_plane::{CallbackOutcome, CallbackResult, ControlPlane};
 use crate::execution::Execution;
 
 pub(super) async fn action(
@@ -30,7 +31,10 @@ pub(super) async fn action(
     let result: CallbackResult = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("INVALID_REQUEST", "body", format!("expected {{success, output, error}}: {e}"))
     })?;
-    let outcome = cp.complete(&exec, result).await;
+    let outcome = cp.complete(&exec, attempt, result).await;
+    if outcome == CallbackOutcome::Stale {
+        current(&exec, attempt)?;
+    }
     let body = serde_json::json!({
         "executionId": exec.id,
         "status": exec.status().as_str(),
@@ -66,10 +70,13 @@ fn authenticate(cp: &ControlPlane, id: &str, headers: &HeaderMap) -> Result<u32,
     }
 }
 
-/// 409 unless `attempt` is the execution's current attempt.
+/// 409 when `attempt` is earlier than the execution's current attempt. A later one means this
+/// replica's copy lags behind the replica that drives the execution (tokens are made only for
+/// attempts that started): the copy catches up, and the store has the last word on a settle.
 fn current(exec: &Execution, attempt: u32) -> Result<(), ApiError> {
     let now = exec.snapshot().attempt;
-    if attempt == now {
+    if attempt >= now {
+        exec.observe_attempt(attempt);
         return Ok(());
     }
     Err(ApiError::new(

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::executions::ResultView;
+use super::executions::{NotRetained, ResultView};
 use super::guard::{Caller, require};
 use super::{ApiError, Body, PathParam, method_not_allowed};
 use crate::auth::Scope;
 use crate::control_plane::{ControlPlane, SubmitOptions};
-use crate::execution::{ErrorKind, Execution, Input, Status};
+use crate::execution::{ErrorKind, Execution, Input, Snapshot, Status};
 use crate::ledger::Attach;
 
 pub(super) async fn action(
@@ -46,10 +46,10 @@ pub(super) async fn action(
 
 async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let (input, opts) = request(cp, headers, body, false)?;
-    let attach = cp.submit(name, input, opts).await?;
-    let exec = attach.execution();
-    exec.wait_done().await;
-    if !exec.is_terminal() {
+    let hold = cp.submit(name, input, opts).await?.into_hold();
+    let exec = hold.execution();
+    let snapshot = hold.wait().await;
+    if !snapshot.status.is_terminal() {
         // Handed over (this host is shutting down): it goes on elsewhere.
         let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -64,7 +64,7 @@ async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes)
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/octet-stream"));
-    Ok(finished(exec, wants_raw))
+    Ok(finished(exec, snapshot, wants_raw))
 }
 
 async fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -72,7 +72,7 @@ async fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes
     let attach = cp.submit(name, input, opts).await?;
     let (exec, status) = match &attach {
         // Fresh: `queued` by definition, even if a worker already picked it up.
-        Attach::New(exec) => (exec, Status::Queued),
+        Attach::New(exec, _) => (exec, Status::Queued),
         Attach::Existing(exec) => (exec, exec.status()),
     };
     let body = Json(Accepted { execution_id: &exec.id, status: status.as_str() });
@@ -147,8 +147,14 @@ fn request(
 }
 
 /// The response to a sync invoke of a finished execution.
-fn finished(exec: &Execution, wants_raw: bool) -> Response {
-    let snapshot = exec.snapshot();
+fn finished(exec: &Execution, snapshot: Snapshot, wants_raw: bool) -> Response {
+    if let Some(dropped) = &snapshot.dropped_output {
+        // A re-attach after the output was sealed: the caller asked for an output that is gone.
+        let mut response =
+            ApiError::new(StatusCode::GONE, NotRetained::CODE, NotRetained::message(dropped)).into_response();
+        set_execution_headers(&mut response, &exec.id, true);
+        return response;
+    }
     let status = match (snapshot.status, snapshot.error_kind) {
         (Status::Success, _) => StatusCode::OK,
         (Status::Timeout, _) => StatusCode::GATEWAY_TIMEOUT,

@@ -474,24 +474,51 @@ async fn cross_site_and_rebinding_requests_fail() {
     }
 }
 
+/// An execution at attempt 2 (held, not driven: as a replica holds one another replica drives).
+fn held_at_attempt_two(cp: &ControlPlane) -> std::sync::Arc<crate::execution::Execution> {
+    use crate::execution::{Record, Snapshot, Status, unix_ms};
+    let spec = crate::control_plane::tests::echo_spec("echo").resolve(std::time::Duration::from_secs(60)).unwrap();
+    let now = std::time::SystemTime::now();
+    cp.ledger().adopt(Record {
+        id: "held".into(),
+        spec,
+        trace_id: "t".into(),
+        idempotency_key: None,
+        input: crate::control_plane::tests::json_input("1"),
+        accepted_at: now,
+        deadline_unix_ms: unix_ms(now) + 60_000,
+        snapshot: Snapshot { status: Status::Running, attempt: 2, ..Snapshot::queued() },
+        pending: None,
+        owner: Some("elsewhere".into()),
+        epoch: 1,
+    })
+}
+
+async fn complete_with(app: &Router, id: &str, token: &str) -> Reply {
+    send(
+        app,
+        Method::POST,
+        &format!("/v1/internal/executions/{id}:complete"),
+        &[JSON, ("authorization", &format!("Bearer {token}"))],
+        r#"{"success":true,"output":2}"#,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_stale_attempts_token_cannot_settle_the_current_attempt() {
     let (cp, app) = app().await;
     with_echo(&app, "echo").await;
-    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
-    let id = r.body["executionId"].as_str().unwrap().to_string();
-    let exec = cp.ledger().get(&id).unwrap();
-    assert_eq!(exec.snapshot().attempt, 1);
-    let next = cp.invocation(&exec, 2).callback_token;
-    let r = send(
-        &app,
-        Method::POST,
-        &format!("/v1/internal/executions/{id}:complete"),
-        &[JSON, ("authorization", &format!("Bearer {next}"))],
-        r#"{"success":true,"output":2}"#,
-    )
-    .await;
+    let exec = held_at_attempt_two(&cp);
+    let r = complete_with(&app, &exec.id, &cp.invocation(&exec, 1).callback_token).await;
     assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("STALE_ATTEMPT")));
+    assert!(!exec.is_terminal());
+    // A token of a later attempt than this copy knows: the copy lags behind the driver, which
+    // made the token when it started that attempt.
+    let r = complete_with(&app, &exec.id, &cp.invocation(&exec, 3).callback_token).await;
+    assert_eq!((r.status, r.body["outcome"].clone()), (StatusCode::OK, json!("accepted")), "{}", r.body);
+    let s = exec.snapshot();
+    assert_eq!((s.status.as_str(), s.attempt), ("success", 3));
 }
 
 #[tokio::test]
@@ -555,4 +582,84 @@ async fn retained_results_are_capped_by_bytes_oldest_first() {
     let oldest = send(&app, Method::GET, &format!("/v1/executions/{}", ids[0]), &[], AxumBody::empty()).await;
     assert_eq!(oldest.status, StatusCode::NOT_FOUND, "the oldest went first");
     assert_eq!(cp.metrics().evicted.with_label_values(&["bytes"]).get(), 4);
+}
+
+#[tokio::test]
+async fn an_output_over_the_retained_cap_goes_to_its_waiter_then_only_its_digest_stays() {
+    use sha2::Digest;
+    let (cp, app) = app_with(Config { max_retained_output_bytes: 64, ..Config::default() }).await;
+    with_echo(&app, "echo").await;
+    let text = "x".repeat(200);
+    let output = serde_json::to_string(&text).unwrap();
+    let key = ("idempotency-key", "big");
+    let r =
+        send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], json!({"input": text}).to_string()).await;
+    assert_eq!((r.status, r.body["output"].clone()), (StatusCode::OK, json!(text)), "the waiter gets it whole");
+    let id = r.body["executionId"].as_str().unwrap().to_string();
+    // Readers after it get the size and the digest, with a reason.
+    let read = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[], AxumBody::empty()).await;
+    assert_eq!((read.status, read.body["status"].clone()), (StatusCode::OK, json!("success")));
+    assert_eq!(read.body["output"], Value::Null);
+    let kept = &read.body["outputNotRetained"];
+    assert_eq!(kept["code"], "OUTPUT_NOT_RETAINED");
+    assert_eq!(kept["bytes"], json!(output.len()));
+    assert_eq!(kept["sha256"], json!(hex::encode(sha2::Sha256::digest(output.as_bytes()))));
+    assert_eq!(kept["contentType"], "application/json");
+    // Only the input (the same JSON as the echoed output) is counted as retained.
+    assert_eq!(cp.metrics().retained_bytes.get() as usize, output.len());
+    // A sync replay of the same request cannot answer with an output that is gone: 410.
+    let replay =
+        send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], json!({"input": text}).to_string()).await;
+    assert_eq!((replay.status, replay.body["error"]["code"].clone()), (StatusCode::GONE, json!("OUTPUT_NOT_RETAINED")));
+    assert_eq!(replay.headers["x-execution-id"], id.as_str());
+    // Small outputs are kept as they are.
+    let small = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
+    let id = small.body["executionId"].as_str().unwrap();
+    let read = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[], AxumBody::empty()).await;
+    assert_eq!((read.body["output"].clone(), read.body.get("outputNotRetained")), (json!(1), None));
+}
+
+#[tokio::test]
+async fn request_bodies_held_at_once_are_bounded_by_bytes() {
+    let config = Config { max_inflight_body_bytes: 4096, ..Config::default() };
+    let (_, app) = app_with(config).await;
+    with_echo(&app, "echo").await;
+    // A client that declares 3000 bytes and sends them slowly holds 3 KiB of the 4 KiB budget.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+            let headers = [JSON, ("content-length", "3000")];
+            send(&app, Method::POST, "/v1/functions/echo:invoke", &headers, AxumBody::from_stream(stream)).await
+        }
+    });
+    tx.send(Ok(Bytes::from_static(b"{\"input\": \""))).await.unwrap();
+    tokio::task::yield_now().await;
+    let body = json!({"input": "y".repeat(1500)}).to_string();
+    let len = body.len().to_string();
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, ("content-length", &len)], body.clone())
+            .await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(r);
+            break;
+        }
+        // The slow request has not reached the budget yet.
+        tokio::task::yield_now().await;
+    }
+    let refused = refused.expect("a request over the budget is refused");
+    assert_eq!(refused.body["error"]["code"], "OVERLOADED");
+    assert_eq!(refused.headers["retry-after"], "1");
+    // Small requests still fit, and bodiless ones are never charged.
+    let small = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
+    assert_eq!(small.status, StatusCode::OK);
+    assert_eq!(send(&app, Method::GET, "/v1/functions", &[], AxumBody::empty()).await.status, StatusCode::OK);
+    // Once the slow request ends, its share is back.
+    tx.send(Ok(Bytes::from(format!("{}\"}}", "z".repeat(3000 - 13))))).await.unwrap();
+    drop(tx);
+    let _ = slow.await.unwrap();
+    let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, ("content-length", &len)], body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

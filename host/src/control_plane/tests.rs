@@ -107,7 +107,7 @@ async fn idempotency_key_reattaches_or_conflicts() {
     let opts = SubmitOptions { idempotency_key: Some("k1".into()), ..Default::default() };
     let first = cp.submit("e", json_input("1"), opts.clone()).await.unwrap();
     let again = cp.submit("e", json_input("1"), opts.clone()).await.unwrap();
-    assert!(matches!(first, Attach::New(_)));
+    assert!(matches!(first, Attach::New(..)));
     assert!(matches!(again, Attach::Existing(_)));
     assert_eq!(first.execution().id, again.execution().id);
     match cp.submit("e", json_input("2"), opts).await {
@@ -119,7 +119,7 @@ async fn idempotency_key_reattaches_or_conflicts() {
     let other = cp
         .submit("f", json_input("2"), SubmitOptions { idempotency_key: Some("k1".into()), ..Default::default() })
         .await;
-    assert!(matches!(other, Ok(Attach::New(_))));
+    assert!(matches!(other, Ok(Attach::New(..))));
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,7 +133,7 @@ async fn idempotency_keys_expire_after_their_ttl() {
     assert_eq!(cp.submit("e", json_input("1"), opts.clone()).await.unwrap().execution().id, first);
     tokio::time::advance(Duration::from_secs(1)).await;
     let after = cp.submit("e", json_input("2"), opts).await.expect("an expired key is free again");
-    assert!(matches!(after, Attach::New(_)));
+    assert!(matches!(after, Attach::New(..)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -176,7 +176,7 @@ async fn callbacks_after_the_end_are_classified() {
     let exec = cp.submit("e", json_input("1"), SubmitOptions::default()).await.unwrap().execution().clone();
     exec.wait_done().await;
     let result: CallbackResult = serde_json::from_str(r#"{"success":true,"output":2}"#).unwrap();
-    assert_eq!(cp.complete(&exec, result).await, CallbackOutcome::Duplicate);
+    assert_eq!(cp.complete(&exec, 1, result).await, CallbackOutcome::Duplicate);
     assert_eq!(exec.snapshot().output.unwrap().body.as_ref(), b"1", "nothing changed");
     assert_eq!(cp.metrics().callbacks.with_label_values(&["duplicate"]).get(), 1);
 }

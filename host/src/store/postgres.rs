@@ -135,6 +135,7 @@ const SETTLE: &str = "UPDATE executions e SET status = $1, attempt = $2, finishe
      pending_handle = NULL, pending_attempt = NULL, pending_resumable = NULL, slot = 0 \
      FROM (SELECT id, slot FROM executions WHERE id = $10 FOR UPDATE) old \
      WHERE e.id = old.id AND e.status IN ('queued', 'running') AND ($11::bigint IS NULL OR e.epoch = $11) \
+     AND ($11::bigint IS NOT NULL OR e.attempt <= $2) \
      RETURNING old.slot";
 const LIVE_KEY: &str = "SELECT k.function, k.key, k.execution_id, k.fingerprint, k.expires_at_ms \
      FROM idempotency_keys k JOIN executions e ON e.id = k.execution_id \
@@ -217,7 +218,8 @@ async fn apply_plan(
         let sql = format!(
             "WITH v (id, status, attempt, finished, oct, output, ecode, emessage, ekind, fby, epoch, started) AS (VALUES {}), \
              old AS (SELECT e.id, e.slot, e.function FROM executions e JOIN v ON e.id = v.id \
-                     WHERE e.status IN {UNFINISHED} AND (v.epoch IS NULL OR e.epoch = v.epoch) FOR UPDATE OF e), \
+                     WHERE e.status IN {UNFINISHED} AND (v.epoch IS NULL OR e.epoch = v.epoch) \
+                     AND (v.epoch IS NOT NULL OR e.attempt <= v.attempt) FOR UPDATE OF e), \
              upd AS (UPDATE executions e SET status = v.status, attempt = v.attempt, finished_at_ms = v.finished, \
                      started_at_ms = COALESCE(e.started_at_ms, v.started), \
                      output_content_type = v.oct, output = v.output, error_code = v.ecode, error_message = v.emessage, \
@@ -425,17 +427,11 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, write: &Write) -> Result<Writ
                     .bind(id)
                     .fetch_optional(&mut **tx)
                     .await?;
-                    match row {
-                        None => Written::NotFound,
-                        Some(row) => {
-                            let snapshot = rows::read_snapshot(&row)?;
-                            if snapshot.status.is_terminal() {
-                                Written::AlreadyFinished(Box::new(snapshot))
-                            } else {
-                                Written::Lost
-                            }
-                        }
-                    }
+                    rows::unsettled(
+                        row.as_ref().map(rows::read_snapshot).transpose()?,
+                        epoch.is_none(),
+                        terminal.attempt,
+                    )
                 }
             }
         }

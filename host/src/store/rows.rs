@@ -63,7 +63,7 @@ where
         .bind(s.started_at.map(ms))
         .bind(s.finished_at.map(ms))
         .bind(s.output.as_ref().map(|o| o.content_type.clone()))
-        .bind(s.output.as_ref().map(|o| o.body.to_vec()))
+        .bind(output_column(s))
         .bind(s.error.as_ref().map(|e| e.code.clone()))
         .bind(s.error.as_ref().map(|e| e.message.clone()))
         .bind(s.error_kind.map(|k| k.as_str().to_string()))
@@ -89,11 +89,22 @@ where
         .bind(i64::from(s.attempt))
         .bind(s.finished_at.map(ms))
         .bind(s.output.as_ref().map(|o| o.content_type.clone()))
-        .bind(s.output.as_ref().map(|o| o.body.to_vec()))
+        .bind(output_column(s))
         .bind(s.error.as_ref().map(|e| e.code.clone()))
         .bind(s.error.as_ref().map(|e| e.message.clone()))
         .bind(s.error_kind.map(|k| k.as_str().to_string()))
         .bind(s.finished_by.map(|b| b.as_str().to_string()))
+}
+
+/// The `output` column: the output's bytes, or — for an output over the retained-output cap,
+/// with a NULL `output_content_type` — its [`DroppedOutput`](crate::execution::DroppedOutput)
+/// as JSON (no schema change for a rare case).
+fn output_column(s: &Snapshot) -> Option<Vec<u8>> {
+    match (&s.output, &s.dropped_output) {
+        (Some(o), _) => Some(o.body.to_vec()),
+        (None, Some(d)) => Some(serde_json::to_vec(d).expect("a digest serializes")),
+        (None, None) => None,
+    }
 }
 
 /// Reads an execution row (all of [`EXECUTION_COLUMNS`]).
@@ -149,10 +160,15 @@ where
     let opt_text = |c: &str| row.try_get::<Option<String>, _>(c);
     let status_text: String = row.try_get("status")?;
     let status = Status::parse(&status_text).ok_or_else(|| corrupt("status", &status_text))?;
-    let output = match (opt_text("output_content_type")?, row.try_get::<Option<Vec<u8>>, _>("output")?) {
-        (Some(content_type), Some(body)) => Some(Output { content_type, body: body.into() }),
-        _ => None,
-    };
+    let (mut output, mut dropped_output) = (None, None);
+    match (opt_text("output_content_type")?, row.try_get::<Option<Vec<u8>>, _>("output")?) {
+        (Some(content_type), Some(body)) => output = Some(Output { content_type, body: body.into() }),
+        (None, Some(digest)) => {
+            dropped_output =
+                Some(serde_json::from_slice(&digest).map_err(|e| corrupt("output digest", &e.to_string()))?)
+        }
+        _ => {}
+    }
     let error = match (opt_text("error_code")?, opt_text("error_message")?) {
         (Some(code), Some(message)) => Some(ErrorInfo { code, message }),
         _ => None,
@@ -166,6 +182,7 @@ where
         None => None,
     };
     Ok(Snapshot {
+        dropped_output,
         status,
         attempt: row.try_get::<i64, _>("attempt")? as u32,
         started_at: row.try_get::<Option<i64>, _>("started_at_ms")?.map(time),
@@ -289,6 +306,18 @@ where
     for<'t> Option<Vec<u8>>: Encode<'t, DB> + Type<DB>,
 {
     bind_terminal(q.bind(id.to_string()), s).bind(epoch.map(|e| e as i64)).bind(s.started_at.map(ms))
+}
+
+/// Why a settle did not apply, from the execution's row as it is now (`None`: no row). A
+/// callback's settle (`by_callback`) for `attempt` is refused while the store is at a later one.
+pub(super) fn unsettled(now: Option<Snapshot>, by_callback: bool, attempt: u32) -> super::Written {
+    use super::Written;
+    match now {
+        None => Written::NotFound,
+        Some(s) if s.status.is_terminal() => Written::AlreadyFinished(Box::new(s)),
+        Some(s) if by_callback && s.attempt > attempt => Written::Stale(s.attempt),
+        Some(_) => Written::Lost,
+    }
 }
 
 /// Binds the row of a start: id, epoch, attempt, started_at_ms.

@@ -108,7 +108,7 @@ static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
 const SETTLE: &str = "UPDATE executions SET status = ?, attempt = ?, finished_at_ms = ?, output_content_type = ?, \
      output = ?, error_code = ?, error_message = ?, error_kind = ?, finished_by = ?, pending_handle = NULL, \
      pending_attempt = NULL, pending_resumable = NULL, slot = 0 \
-     WHERE id = ? AND status IN ('queued', 'running') AND (? IS NULL OR epoch = ?)";
+     WHERE id = ? AND status IN ('queued', 'running') AND (? IS NULL OR epoch = ?) AND (? IS NOT NULL OR attempt <= ?)";
 
 struct Writer {
     pool: SqlitePool,
@@ -198,6 +198,7 @@ async fn apply_plan(
              error_kind = v.column9, finished_by = v.column10, pending_handle = NULL, pending_attempt = NULL, \
              pending_resumable = NULL, slot = 0 FROM (VALUES {}) AS v WHERE executions.id = v.column1 \
              AND executions.status IN {UNFINISHED} AND (v.column11 IS NULL OR executions.epoch = v.column11) \
+             AND (v.column11 IS NOT NULL OR executions.attempt <= v.column3) \
              RETURNING executions.id",
             rows::values(chunk.len(), 12, None)
         );
@@ -282,6 +283,8 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, write: &Write) -> Result<Writte
                 .bind(id)
                 .bind(epoch)
                 .bind(epoch)
+                .bind(epoch)
+                .bind(i64::from(terminal.attempt))
                 .execute(&mut **tx)
                 .await?;
             if done.rows_affected() == 1 {
@@ -294,17 +297,7 @@ async fn apply(tx: &mut Transaction<'_, Sqlite>, write: &Write) -> Result<Writte
                 .bind(id)
                 .fetch_optional(&mut **tx)
                 .await?;
-                match row {
-                    None => Written::NotFound,
-                    Some(row) => {
-                        let snapshot = rows::read_snapshot(&row)?;
-                        if snapshot.status.is_terminal() {
-                            Written::AlreadyFinished(Box::new(snapshot))
-                        } else {
-                            Written::Lost
-                        }
-                    }
-                }
+                rows::unsettled(row.as_ref().map(rows::read_snapshot).transpose()?, epoch.is_none(), terminal.attempt)
             }
         }
         // One process drives everything: slots are the host's own (see `queue`).
