@@ -64,10 +64,16 @@ async fn metrics(State(cp): State<ControlPlane>) -> impl IntoResponse {
 }
 
 async fn ready(State(cp): State<ControlPlane>) -> Response {
-    if cp.is_ready() {
-        axum::Json(serde_json::json!({"status": "UP"})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "DOWN"}))).into_response()
+    let down = |reason: Option<String>| {
+        let body = serde_json::json!({"status": "DOWN", "reason": reason});
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    };
+    if !cp.is_ready() {
+        return down(None);
+    }
+    match cp.unhealthy() {
+        Some(reason) => down(Some(reason)),
+        None => axum::Json(serde_json::json!({"status": "UP"})).into_response(),
     }
 }
 

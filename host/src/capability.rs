@@ -185,6 +185,11 @@ impl Capabilities {
         }
     }
 
+    /// Why the host should be out of service, if it should (a Kubernetes watch failing for long).
+    pub fn unhealthy(&self) -> Option<String> {
+        self.kubernetes.as_ref().and_then(|k| k.unhealthy())
+    }
+
     /// Whether another host process could take the execution's pending work up: it started
     /// nothing that lives only in this one (a local process, a request in flight).
     pub fn is_resumable(&self, execution_id: &str) -> bool {

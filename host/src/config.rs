@@ -62,6 +62,8 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
     /// API connections open at once.
     pub const MAX_CONNECTIONS: usize = 1024;
+    /// How often the host looks for Jobs of its own that no execution follows any more.
+    pub const KUBE_SWEEP_INTERVAL_SECS: u64 = 60;
     /// Bytes of request bodies held by the API at once (a request holds its body's share until
     /// it is answered); a request that would go over is refused with 503.
     pub const MAX_INFLIGHT_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -126,6 +128,7 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub max_inflight_body_bytes: usize,
+    pub kube_sweep_interval: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -200,6 +203,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS),
             max_connections: defaults::MAX_CONNECTIONS,
             max_inflight_body_bytes: defaults::MAX_INFLIGHT_BODY_BYTES,
+            kube_sweep_interval: Duration::from_secs(defaults::KUBE_SWEEP_INTERVAL_SECS),
             shutdown_grace: Duration::from_millis(defaults::SHUTDOWN_GRACE_MS),
         }
     }
@@ -370,6 +374,10 @@ pub struct ServeArgs {
     /// that would go over is refused with 503 OVERLOADED.
     #[arg(long, env = "NANOFAAS_MAX_INFLIGHT_BODY_BYTES", default_value_t = defaults::MAX_INFLIGHT_BODY_BYTES)]
     pub max_inflight_body_bytes: usize,
+    /// Seconds between sweeps for host-owned Jobs that no execution follows any more (a Job is
+    /// deleted when two sweeps in a row find it so).
+    #[arg(long, env = "NANOFAAS_KUBE_SWEEP_INTERVAL_SECS", default_value_t = defaults::KUBE_SWEEP_INTERVAL_SECS)]
+    pub kube_sweep_interval_secs: u64,
     /// How long a stop lets requests in flight finish, in milliseconds.
     #[arg(long, env = "NANOFAAS_SHUTDOWN_GRACE_MS", default_value_t = defaults::SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
@@ -419,6 +427,7 @@ impl From<ServeArgs> for Config {
             header_read_timeout: Duration::from_millis(a.header_read_timeout_ms.max(1)),
             max_connections: a.max_connections.max(1),
             max_inflight_body_bytes: a.max_inflight_body_bytes,
+            kube_sweep_interval: Duration::from_secs(a.kube_sweep_interval_secs.max(1)),
             shutdown_grace: Duration::from_millis(a.shutdown_grace_ms),
         }
     }

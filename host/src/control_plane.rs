@@ -231,6 +231,27 @@ impl ControlPlane {
         self.0.ready.load(Ordering::Acquire)
     }
 
+    /// Deletes the host-owned Jobs that no execution follows any more: theirs is finished, or
+    /// unknown (gone from the store, or of a host process before a restart with `memory:`).
+    /// Jobs of executions another replica drives are left alone (the store says they run).
+    pub async fn sweep_jobs(&self) {
+        let Some(k) = &self.plugins().capabilities().kubernetes else { return };
+        for (job, id) in k.untracked() {
+            match self.0.ledger.find(&id).await {
+                Ok(None) => k.sweep(job, "unknown"),
+                Ok(Some(exec)) if exec.is_terminal() => k.sweep(job, "terminal"),
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(job = %job, error = %e, "sweep: cannot read the Job's execution"),
+            }
+        }
+    }
+
+    /// Why this host cannot serve well right now although it runs (see
+    /// [`Capabilities::unhealthy`](crate::capability::Capabilities::unhealthy)).
+    pub fn unhealthy(&self) -> Option<String> {
+        self.plugins().capabilities().unhealthy()
+    }
+
     /// Names of the loaded plugins.
     pub fn dispatchers(&self) -> Vec<String> {
         self.plugins().catalog().names().map(str::to_string).collect()

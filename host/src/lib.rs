@@ -156,11 +156,13 @@ pub async fn run_with_cluster(
         async move {
             let mut tick = tokio::time::interval(EVICTION_INTERVAL);
             let mut store_tick = tokio::time::interval(STORE_EVICTION_INTERVAL);
+            let mut sweep_tick = tokio::time::interval(cp.config().kube_sweep_interval);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     _ = tick.tick() => cp.ledger().evict_memory(),
                     _ = store_tick.tick() => cp.ledger().evict_store().await,
+                    _ = sweep_tick.tick() => cp.sweep_jobs().await,
                 }
             }
         }

@@ -47,6 +47,11 @@ pub struct Metrics {
     pub job_run_duration: HistogramVec,
     /// Requests the host sent to the Kubernetes API server, by verb and resource.
     pub kube_requests: IntCounterVec,
+    /// How long a watch failed: from its first failed request to the event (or the end of the
+    /// errors) that shows it flows again, by watch (`Job`, `pod`).
+    pub kube_watch_outage: HistogramVec,
+    /// Host-owned Jobs deleted by the sweep, by why (`terminal`, `unknown` execution).
+    pub kube_jobs_swept: IntCounterVec,
     /// HTTP requests by matched route, method and status.
     pub http_requests: IntCounterVec,
     /// HTTP request duration by matched route and method.
@@ -168,6 +173,16 @@ impl Metrics {
                 "nanofaas_kube_api_requests_total",
                 "Requests sent to the Kubernetes API server, by verb and resource.",
                 &["verb", "resource"],
+            ),
+            kube_watch_outage: histogram(
+                "nanofaas_kube_watch_outage_seconds",
+                "Time a Kubernetes watch failed, until it flowed again.",
+                &["watch"],
+            ),
+            kube_jobs_swept: counter(
+                "nanofaas_kube_jobs_swept_total",
+                "Host-owned Jobs left behind and deleted by the sweep, by why.",
+                &["reason"],
             ),
             http_requests: counter(
                 "nanofaas_http_requests_total",

@@ -10,15 +10,29 @@
 //!
 //! API errors come back classified: 429, 5xx, timeouts and connection failures are retryable;
 //! other 4xx (403 forbidden, 422 invalid) are final, with the API server's message.
+//!
+//! The API server may go away at any time; what the host says about a Job stays true:
+//! - a Job is *gone* only when the cache lacked it after having had it — after a delete event, or
+//!   after a completed relist that did not list it. A Job listed during a relist is not "seen"
+//!   until the relist is done (the reflector swaps its store only then), and one the cache has
+//!   not had yet reads as an empty status: "unknown, ask again", up to the execution's deadline;
+//! - a finished Job whose pods the pod cache does not show terminated yet reads as still running
+//!   for up to [`POD_GRACE`], so a result read from the pod is not declared missing because one
+//!   cache lags the other (and a callback that arrives meanwhile wins);
+//! - deletes that fail are retried with backoff until they succeed or the Job is gone;
+//! - watches reconnect at most [`WATCH_BACKOFF_MAX`] apart, and a watch failing for longer than
+//!   [`WATCH_GRACE`] makes the host unready.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 
@@ -32,6 +46,21 @@ pub const MANAGER: &str = "nanofaas";
 pub const FUNCTION_LABEL: &str = "nanofaas.io/function";
 pub const EXECUTION_LABEL: &str = "nanofaas.io/execution-id";
 pub const ATTEMPT_LABEL: &str = "nanofaas.io/attempt";
+
+/// How long a finished Job waits for the pod cache to show its pod terminated before its status
+/// is reported without it.
+pub const POD_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait between two tries of a failing watch.
+pub const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// A failing watch reports an error at least this often (its tries are at most
+/// [`WATCH_BACKOFF_MAX`] apart, each bounded by the client's timeouts): one whose last error is
+/// older flows again, even when nothing changed since.
+const WATCH_QUIET: Duration = Duration::from_secs(7);
+/// How long a watch may fail before the host reports itself unready.
+pub const WATCH_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait between two tries of a failing delete, and how long they go on.
+const DELETE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+const DELETE_PATIENCE: Duration = Duration::from_secs(15 * 60);
 
 /// A cluster to run Jobs in.
 #[derive(Clone)]
@@ -205,11 +234,53 @@ struct Owned {
     owner: String,
     function: String,
     created: Instant,
-    /// The watch has shown the Job at least once (so a later absence means it is gone).
+    /// The watch cache has had the Job (so a later absence means it is gone).
     seen: bool,
     started: bool,
-    finished: bool,
+    /// When the watch first showed the Job `Complete` or `Failed`.
+    finished: Option<Instant>,
+    /// A wake-up is due at the end of the Job's [`POD_GRACE`].
+    grace_wake: bool,
     deleted: bool,
+}
+
+/// Whether a watch is flowing, as its events show.
+#[derive(Default)]
+struct WatchHealth(Mutex<Failing>);
+
+#[derive(Default)]
+struct Failing {
+    /// The first error of the current run of errors.
+    since: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl WatchHealth {
+    fn failed(&self) {
+        let now = Instant::now();
+        let mut f = self.0.lock().expect("watch health lock");
+        f.since.get_or_insert(now);
+        f.last = Some(now);
+    }
+
+    /// An event arrived (or the errors stopped): the outage, if there was one, is over.
+    /// Returns how long it lasted.
+    fn flowing(&self) -> Option<Duration> {
+        let mut f = self.0.lock().expect("watch health lock");
+        f.last = None;
+        f.since.take().map(|since| since.elapsed())
+    }
+
+    /// Failing for longer than `grace`. Errors that stopped [`WATCH_QUIET`] ago end the outage.
+    fn failing_for(&self, grace: Duration) -> Option<Duration> {
+        let mut f = self.0.lock().expect("watch health lock");
+        let (since, last) = (f.since?, f.last?);
+        if last.elapsed() > WATCH_QUIET {
+            *f = Failing::default();
+            return None;
+        }
+        Some(since.elapsed()).filter(|d| *d > grace)
+    }
 }
 
 struct Inner {
@@ -221,6 +292,12 @@ struct Inner {
     owned: Mutex<HashMap<String, Owned>>,
     metrics: Metrics,
     wake: Wake,
+    job_watch: WatchHealth,
+    pod_watch: WatchHealth,
+    /// The Job watch has completed a list: the cache holds what exists.
+    listed: std::sync::atomic::AtomicBool,
+    /// Jobs the last sweep found untracked (deleted if the next one finds them so too).
+    suspects: Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct KubernetesCapability(Arc<Inner>);
@@ -237,10 +314,10 @@ impl KubernetesCapability {
         let inner = Arc::new(Inner::new(&cluster, job_cache, pod_cache, metrics, wake));
         let config = watcher::Config::default().labels(&selector);
         let weak = Arc::downgrade(&inner);
-        let job_events = reflector::reflector(job_writer, watcher(jobs, config.clone()).default_backoff());
-        tokio::spawn(follow(job_events, weak.clone(), Inner::job_changed, "Job"));
-        let pod_events = reflector::reflector(pod_writer, watcher(pods, config).default_backoff());
-        tokio::spawn(follow(pod_events, weak, Inner::pod_changed, "pod"));
+        let job_events = reflector::reflector(job_writer, watcher(jobs, config.clone()).backoff(watch_backoff()));
+        tokio::spawn(follow(job_events, weak.clone(), &JOB_WATCH));
+        let pod_events = reflector::reflector(pod_writer, watcher(pods, config).backoff(watch_backoff()));
+        tokio::spawn(follow(pod_events, weak, &POD_WATCH));
         tracing::info!(namespace = %cluster.namespace, "Kubernetes Jobs enabled");
         Self(inner)
     }
@@ -352,13 +429,7 @@ impl KubernetesCapability {
     pub fn release_found(&self, owner: &str) -> usize {
         let found = self.found(owner);
         for (name, _) in &found {
-            let inner = self.0.clone();
-            let name = name.clone();
-            tokio::spawn(async move {
-                if let Err(e) = inner.delete(&name).await {
-                    tracing::warn!(job = %name, error = %e.message, "cannot delete an abandoned attempt's Job");
-                }
-            });
+            tokio::spawn(self.0.clone().delete_until_gone(name.clone(), "an abandoned attempt's"));
         }
         found.len()
     }
@@ -387,7 +458,7 @@ impl KubernetesCapability {
             .into_iter()
             .map(|c| Condition { kind: c.type_, status: c.status, reason: c.reason, message: c.message })
             .collect();
-        let pods = self
+        let pods: Vec<PodState> = self
             .0
             .pod_cache
             .state()
@@ -395,27 +466,46 @@ impl KubernetesCapability {
             .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get("job-name")).is_some_and(|j| j == name))
             .map(|p| pod_state(&p))
             .collect();
-        Ok(Some(JobState {
+        let mut state = JobState {
             active: status.active.unwrap_or(0).max(0) as u32,
             succeeded: status.succeeded.unwrap_or(0).max(0) as u32,
             failed: status.failed.unwrap_or(0).max(0) as u32,
             conditions,
             pods,
-        }))
+        };
+        if self.0.awaits_pod(owner, name, &state) {
+            // Finished, but the pod cache has not caught up: still running, for now.
+            state.conditions.retain(|c| !(is_final(&c.kind) && c.status == "True"));
+            state.active = state.active.max(1);
+            state.succeeded = 0;
+            state.failed = 0;
+        }
+        Ok(Some(state))
     }
 
-    /// Deletes a Job of `owner` and its pods. A Job already gone is not an error.
+    /// Deletes a Job of `owner` and its pods. A Job already gone is not an error. When the delete
+    /// fails it is not marked deleted, so releasing the execution deletes it again (with retries).
     pub async fn delete_job(&self, owner: &str, name: &str) -> Result<(), ApiFailure> {
-        {
-            let mut owned = self.0.owned.lock().expect("owned lock");
-            match owned.get_mut(name) {
-                Some(o) if o.owner == owner => o.deleted = true,
-                _ => {
-                    return Err(ApiFailure::not_owned(name));
-                }
+        match self.0.owned.lock().expect("owned lock").get(name) {
+            Some(o) if o.owner == owner => {}
+            _ => return Err(ApiFailure::not_owned(name)),
+        }
+        self.0.delete(name).await?;
+        if let Some(o) = self.0.owned.lock().expect("owned lock").get_mut(name) {
+            o.deleted = true;
+        }
+        Ok(())
+    }
+
+    /// Whether the host should be taken out of service: a watch has failed for longer than
+    /// [`WATCH_GRACE`] (one reconnect does not flap readiness).
+    pub fn unhealthy(&self) -> Option<String> {
+        for (what, watch) in [("Job", &self.0.job_watch), ("pod", &self.0.pod_watch)] {
+            if let Some(d) = watch.failing_for(WATCH_GRACE) {
+                return Some(format!("the {what} watch has failed for {} s", d.as_secs()));
             }
         }
-        self.0.delete(name).await
+        None
     }
 
     /// The execution ended: delete its Jobs the plugin did not delete, and forget them all.
@@ -431,13 +521,45 @@ impl KubernetesCapability {
             false
         });
         for name in leftover {
-            let inner = self.0.clone();
-            tokio::spawn(async move {
-                if let Err(e) = inner.delete(&name).await {
-                    tracing::warn!(job = %name, error = %e.message, "cannot delete a finished execution's Job");
-                }
-            });
+            tokio::spawn(self.0.clone().delete_until_gone(name, "a finished execution's"));
         }
+    }
+
+    /// Host-owned Jobs in the watch cache that no execution here follows, found so by this
+    /// sweep and the one before (a Job just created may reach the cache before it is tracked),
+    /// as (Job, execution id). Nothing while the watch has not listed what exists. The cache is
+    /// the label-selected list the watch keeps current: a sweep costs the API server nothing.
+    pub fn untracked(&self) -> Vec<(String, String)> {
+        if !self.0.listed.load(std::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
+        let now: HashMap<String, String> = {
+            let owned = self.0.owned.lock().expect("owned lock");
+            self.0
+                .job_cache
+                .state()
+                .iter()
+                .filter_map(|j| {
+                    let name = j.metadata.name.clone()?;
+                    let owner = Inner::owner_of(j.metadata.labels.as_ref())?;
+                    (!owned.contains_key(&name)).then_some((name, owner))
+                })
+                .collect()
+        };
+        let mut suspects = self.0.suspects.lock().expect("suspects lock");
+        let found =
+            now.iter().filter(|(name, _)| suspects.contains(*name)).map(|(n, o)| (n.clone(), o.clone())).collect();
+        *suspects = now.into_keys().collect();
+        found
+    }
+
+    /// Deletes a Job the sweep found left behind (`reason`: its execution is `terminal` or
+    /// `unknown`), retrying until it is gone; counted in `nanofaas_kube_jobs_swept_total`.
+    pub fn sweep(&self, name: String, reason: &'static str) {
+        self.0.metrics.kube_jobs_swept.with_label_values(&[reason]).inc();
+        tracing::info!(job = %name, reason, "sweeping a Job left behind");
+        self.0.suspects.lock().expect("suspects lock").remove(&name);
+        tokio::spawn(self.0.clone().delete_until_gone(name, "a left-behind"));
     }
 
     /// Jobs the host tracks (created and not yet released).
@@ -457,6 +579,10 @@ impl Inner {
             owned: Mutex::new(HashMap::new()),
             metrics,
             wake,
+            job_watch: WatchHealth::default(),
+            pod_watch: WatchHealth::default(),
+            listed: std::sync::atomic::AtomicBool::new(false),
+            suspects: Mutex::default(),
         }
     }
 
@@ -470,10 +596,33 @@ impl Inner {
                 created: Instant::now(),
                 seen,
                 started: false,
-                finished: false,
+                finished: None,
+                grace_wake: false,
                 deleted: false,
             },
         );
+    }
+
+    /// Deletes until the delete succeeds or the Job is gone, backing off between tries (up to
+    /// [`DELETE_PATIENCE`]); a final refusal (403) is not retried.
+    async fn delete_until_gone(self: Arc<Self>, name: String, whose: &'static str) {
+        use backon::Retryable;
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(DELETE_BACKOFF_MAX)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(DELETE_PATIENCE));
+        let result = (|| self.delete(&name))
+            .retry(backoff)
+            .when(|e: &ApiFailure| e.retryable)
+            .notify(|e: &ApiFailure, after: Duration| {
+                tracing::info!(job = %name, error = %e.message, retry_ms = after.as_millis() as u64, "Job delete failed; retrying");
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(job = %name, error = %e.message, "cannot delete {whose} Job");
+        }
     }
 
     async fn delete(&self, name: &str) -> Result<(), ApiFailure> {
@@ -490,9 +639,11 @@ impl Inner {
         labels.and_then(|l| l.get(EXECUTION_LABEL)).cloned()
     }
 
-    fn job_changed(&self, job: &Job) {
+    /// A Job event; `stored`: the cache holds what the event says (not so for a Job listed
+    /// during a relist, which the cache gets only when the relist is done).
+    fn job_changed(&self, job: &Job, stored: bool) {
         let name = job.metadata.name.clone().unwrap_or_default();
-        if let Some(o) = self.owned.lock().expect("owned lock").get_mut(&name) {
+        if stored && let Some(o) = self.owned.lock().expect("owned lock").get_mut(&name) {
             o.seen = true;
         }
         let finished = job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
@@ -502,8 +653,8 @@ impl Inner {
         });
         if let Some(outcome) = finished {
             let mut owned = self.owned.lock().expect("owned lock");
-            if let Some(o) = owned.get_mut(&name).filter(|o| !o.finished) {
-                o.finished = true;
+            if let Some(o) = owned.get_mut(&name).filter(|o| o.finished.is_none()) {
+                o.finished = Some(Instant::now());
                 let outcome = if outcome == "Complete" { "complete" } else { "failed" };
                 self.metrics
                     .job_run_duration
@@ -517,7 +668,7 @@ impl Inner {
         }
     }
 
-    fn pod_changed(&self, pod: &Pod) {
+    fn pod_changed(&self, pod: &Pod, _stored: bool) {
         let job = pod.metadata.labels.as_ref().and_then(|l| l.get("job-name")).cloned();
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p != "Pending");
         if let (Some(job), true) = (job, running) {
@@ -534,21 +685,111 @@ impl Inner {
             (self.wake)(&owner);
         }
     }
+
+    fn job_watch(&self) -> &WatchHealth {
+        &self.job_watch
+    }
+
+    fn pod_watch(&self) -> &WatchHealth {
+        &self.pod_watch
+    }
+
+    /// A relist is done: the cache holds what exists. Every tracked Job it holds is seen (and
+    /// one it lacks after having had it is gone); every owner is woken to look again.
+    fn relisted(&self) {
+        self.listed.store(true, std::sync::atomic::Ordering::Release);
+        let owners: Vec<String> = {
+            let mut owned = self.owned.lock().expect("owned lock");
+            for (name, o) in owned.iter_mut() {
+                if self.job_cache.get(&ObjectRef::new(name).within(&self.namespace)).is_some() {
+                    o.seen = true;
+                }
+            }
+            owned.values().map(|o| o.owner.clone()).collect()
+        };
+        for owner in owners {
+            (self.wake)(&owner);
+        }
+    }
+
+    /// Whether `name` is finished but the pod cache does not show a pod of it terminated yet, and
+    /// its [`POD_GRACE`] is not over (a wake-up is set for its end).
+    fn awaits_pod(self: &Arc<Self>, owner: &str, name: &str, state: &JobState) -> bool {
+        let finished = state.conditions.iter().any(|c| is_final(&c.kind) && c.status == "True");
+        if !finished || state.pods.iter().any(|p| p.phase == "Succeeded" || p.phase == "Failed") {
+            return false;
+        }
+        let mut owned = self.owned.lock().expect("owned lock");
+        let Some(o) = owned.get_mut(name) else { return false };
+        let since = *o.finished.get_or_insert_with(Instant::now);
+        let left = POD_GRACE.saturating_sub(since.elapsed());
+        if left.is_zero() {
+            return false;
+        }
+        if !std::mem::replace(&mut o.grace_wake, true) {
+            let (weak, owner) = (Arc::downgrade(self), owner.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(left).await;
+                if let Some(inner) = weak.upgrade() {
+                    (inner.wake)(&owner);
+                }
+            });
+        }
+        true
+    }
 }
 
-/// Feeds a reflector's events to `changed` until the capability is dropped.
+fn is_final(condition: &str) -> bool {
+    condition == "Complete" || condition == "Failed"
+}
+
+/// The backoff of the watches: from 250 ms, doubling, at most [`WATCH_BACKOFF_MAX`].
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(WATCH_BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
+/// One of the two watches, for [`follow`].
+struct Watched<K> {
+    what: &'static str,
+    changed: fn(&Inner, &K, bool),
+    health: fn(&Inner) -> &WatchHealth,
+}
+
+static JOB_WATCH: Watched<Job> = Watched { what: "Job", changed: Inner::job_changed, health: Inner::job_watch };
+static POD_WATCH: Watched<Pod> = Watched { what: "pod", changed: Inner::pod_changed, health: Inner::pod_watch };
+
+/// Feeds a reflector's events to the capability until it is dropped.
 async fn follow<K: kube::Resource + Clone>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     inner: std::sync::Weak<Inner>,
-    changed: fn(&Inner, &K),
-    what: &'static str,
+    watched: &'static Watched<K>,
 ) {
-    let mut events = std::pin::pin!(events.touched_objects());
+    let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
         let Some(inner) = inner.upgrade() else { break };
+        let health = (watched.health)(&inner);
+        if event.is_ok()
+            && let Some(outage) = health.flowing()
+        {
+            inner.metrics.kube_watch_outage.with_label_values(&[watched.what]).observe(outage.as_secs_f64());
+            tracing::info!(outage_ms = outage.as_millis() as u64, "{} watch flowing again", watched.what);
+        }
         match event {
-            Ok(object) => changed(&inner, &object),
-            Err(e) => tracing::warn!(error = %e, "{what} watch error (retrying)"),
+            Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                (watched.changed)(&inner, &object, true)
+            }
+            Ok(watcher::Event::InitApply(object)) => (watched.changed)(&inner, &object, false),
+            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::InitDone) => inner.relisted(),
+            Err(e) => {
+                health.failed();
+                tracing::warn!(error = %e, "{} watch error (retrying)", watched.what);
+            }
         }
     }
 }
@@ -711,5 +952,188 @@ mod tests {
         // Released after the plugin deleted it: no second DELETE is sent (the mock would see it).
         cap.release_owner("e");
         assert_eq!(cap.tracked(), 0);
+    }
+
+    /// A capability on a mocked client whose Job watch is fed by the test (through the same
+    /// `follow` as the real one), with writers for its caches and the wake-ups it sends.
+    struct Fed {
+        cap: KubernetesCapability,
+        api: mock::Handle<Request<Body>, Response<Body>>,
+        jobs: futures::channel::mpsc::UnboundedSender<Result<watcher::Event<Job>, watcher::Error>>,
+        pods: reflector::store::Writer<Pod>,
+        woken: tokio::sync::mpsc::UnboundedReceiver<String>,
+    }
+
+    fn fed() -> Fed {
+        let (service, api) = mock::pair::<Request<Body>, Response<Body>>();
+        let cluster = Cluster::from_client(kube::Client::new(service, "ns"), "ns");
+        let (job_cache, job_writer) = reflector::store();
+        let (pod_cache, pods) = reflector::store();
+        let (wake_tx, woken) = tokio::sync::mpsc::unbounded_channel();
+        let wake: Wake = Arc::new(move |owner: &str| {
+            let _ = wake_tx.send(owner.to_string());
+        });
+        let inner = Arc::new(Inner::new(&cluster, job_cache, pod_cache, Metrics::new(), wake));
+        let (jobs, events) = futures::channel::mpsc::unbounded();
+        tokio::spawn(follow(reflector::reflector(job_writer, events), Arc::downgrade(&inner), &JOB_WATCH));
+        Fed { cap: KubernetesCapability(inner), api, jobs, pods, woken }
+    }
+
+    impl Fed {
+        /// Creates Job `name` for execution `owner` (the mocked API server answers 201).
+        async fn create(&mut self, owner: &str, name: &str) {
+            let manifest = MANIFEST.replace(r#""name":"f-1""#, &format!(r#""name":"{name}""#));
+            let create = self.cap.create_job(owner, "fn", 1, &manifest);
+            let serve = async {
+                let (req, send) = self.api.next_request().await.expect("create");
+                send.send_response(respond(StatusCode::CREATED, body(req).await));
+            };
+            let (created, ()) = tokio::join!(create, serve);
+            assert_eq!(created, Ok(name.to_string()));
+        }
+
+        /// Sends a watch event and waits until it was handled (its owner woken).
+        async fn event(&mut self, event: watcher::Event<Job>, owner: &str) {
+            self.jobs.unbounded_send(Ok(event)).unwrap();
+            loop {
+                let woken = tokio::time::timeout(std::time::Duration::from_secs(5), self.woken.recv()).await;
+                if woken.expect("the event wakes its owner").as_deref() == Some(owner) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn job(owner: &str, name: &str, status: Value) -> Job {
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": "ns", "labels": {EXECUTION_LABEL: owner, MANAGED_BY: MANAGER}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn complete() -> Value {
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    }
+
+    #[tokio::test]
+    async fn a_job_listed_during_a_relist_is_not_gone_before_the_relist_is_done() {
+        let mut f = fed();
+        f.create("e1", "j1").await;
+        f.event(watcher::Event::Apply(job("e1", "j1", json!({"active": 1}))), "e1").await;
+        assert_eq!(f.cap.job_status("e1", "j1").unwrap().map(|s| s.active), Some(1));
+        // The watch restarts (the API server came back); j2 was created meanwhile and is listed
+        // before the relist is done: the cache does not have it yet, it is not gone.
+        f.create("e2", "j2").await;
+        f.jobs.unbounded_send(Ok(watcher::Event::Init)).unwrap();
+        f.event(watcher::Event::InitApply(job("e2", "j2", json!({"active": 1}))), "e2").await;
+        assert_eq!(f.cap.job_status("e2", "j2"), Ok(Some(JobState::default())), "unknown, ask again");
+        assert!(f.cap.job_status("e1", "j1").unwrap().is_some(), "j1 is not gone either");
+        // The relist is done and did not list j1: j1 is gone, j2 is there.
+        f.jobs.unbounded_send(Ok(watcher::Event::InitDone)).unwrap();
+        for _ in 0..2 {
+            tokio::time::timeout(std::time::Duration::from_secs(5), f.woken.recv()).await.unwrap();
+        }
+        assert_eq!(f.cap.job_status("e1", "j1"), Ok(None), "gone after a completed relist without it");
+        assert_eq!(f.cap.job_status("e2", "j2").unwrap().map(|s| s.active), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_job_waits_briefly_for_its_pod_to_show_terminated() {
+        let mut f = fed();
+        f.create("e1", "j1").await;
+        f.event(watcher::Event::Apply(job("e1", "j1", complete())), "e1").await;
+        // The pod cache has no terminated pod of j1 yet: still running, for POD_GRACE.
+        let s = f.cap.job_status("e1", "j1").unwrap().unwrap();
+        assert_eq!((s.active, s.succeeded, s.conditions.len()), (1, 0, 0), "{s:?}");
+        let asked = Instant::now();
+        assert_eq!(f.woken.recv().await.as_deref(), Some("e1"), "woken when the grace ends");
+        assert_eq!(asked.elapsed(), POD_GRACE);
+        let s = f.cap.job_status("e1", "j1").unwrap().unwrap();
+        assert_eq!((s.succeeded, s.conditions[0].kind.as_str()), (1, "Complete"), "then reported as it is");
+        // A Job whose pod the cache shows terminated is reported finished at once.
+        f.create("e2", "j2").await;
+        let pod: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "j2-x", "namespace": "ns", "labels": {"job-name": "j2", EXECUTION_LABEL: "e2"}},
+            "status": {"phase": "Succeeded"}}))
+        .unwrap();
+        f.pods.apply_watcher_event(&watcher::Event::Apply(pod));
+        f.event(watcher::Event::Apply(job("e2", "j2", complete())), "e2").await;
+        let s = f.cap.job_status("e2", "j2").unwrap().unwrap();
+        assert_eq!((s.succeeded, s.pods.len()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_deletes_are_retried_until_the_job_is_gone() {
+        let (cap, mut api, _) = capability();
+        let server = tokio::spawn(async move {
+            let (req, send) = api.next_request().await.expect("create");
+            let created = body(req).await;
+            send.send_response(respond(StatusCode::CREATED, created.clone()));
+            // The plugin's delete fails: the API server is unavailable …
+            let (req, send) = api.next_request().await.expect("the plugin's delete");
+            assert_eq!(req.method(), Method::DELETE);
+            send.send_response(respond(StatusCode::SERVICE_UNAVAILABLE, api_status(503, "ServiceUnavailable")));
+            // … so releasing the execution deletes it again, and again, until it works.
+            for _ in 0..2 {
+                let (req, send) = api.next_request().await.expect("a retried delete");
+                assert_eq!(req.uri().path(), "/apis/batch/v1/namespaces/ns/jobs/f-1");
+                send.send_response(respond(StatusCode::SERVICE_UNAVAILABLE, api_status(503, "ServiceUnavailable")));
+            }
+            let (req, send) = api.next_request().await.expect("the delete that works");
+            assert_eq!(req.method(), Method::DELETE);
+            send.send_response(respond(StatusCode::OK, created));
+            // Nothing after that.
+            assert!(tokio::time::timeout(std::time::Duration::from_secs(3600), api.next_request()).await.is_err());
+        });
+        cap.create_job("e", "fn", 1, MANIFEST).await.unwrap();
+        let e = cap.delete_job("e", "f-1").await.unwrap_err();
+        assert!(e.retryable, "{e:?}");
+        cap.release_owner("e");
+        assert_eq!(cap.tracked(), 0);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_sweep_takes_jobs_no_execution_follows_when_two_sweeps_find_them() {
+        let mut f = fed();
+        f.create("mine", "j1").await;
+        // Nothing before the watch has listed what exists.
+        f.jobs.unbounded_send(Ok(watcher::Event::Init)).unwrap();
+        f.jobs.unbounded_send(Ok(watcher::Event::InitApply(job("mine", "j1", json!({}))))).unwrap();
+        f.jobs.unbounded_send(Ok(watcher::Event::InitApply(job("gone", "left", json!({}))))).unwrap();
+        assert!(f.cap.untracked().is_empty());
+        f.jobs.unbounded_send(Ok(watcher::Event::InitDone)).unwrap();
+        assert_eq!(f.woken.recv().await.as_deref(), Some("mine"));
+        // `left` is nobody's here: suspected by the first sweep, taken by the second. `j1` is
+        // followed and never taken.
+        assert!(f.cap.untracked().is_empty(), "first sweep: suspects only");
+        assert_eq!(f.cap.untracked(), vec![("left".to_string(), "gone".to_string())]);
+        f.cap.sweep("left".into(), "unknown");
+        let (req, send) = f.api.next_request().await.expect("the sweep's delete");
+        assert_eq!((req.method(), req.uri().path()), (&Method::DELETE, "/apis/batch/v1/namespaces/ns/jobs/left"));
+        send.send_response(respond(StatusCode::NOT_FOUND, api_status(404, "NotFound")));
+        assert_eq!(f.cap.0.metrics.kube_jobs_swept.with_label_values(&["unknown"]).get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_failing_past_its_grace_is_unhealthy_and_one_reconnect_is_not() {
+        let h = WatchHealth::default();
+        let step = |secs| tokio::time::advance(std::time::Duration::from_secs(secs));
+        h.failed();
+        step(3).await;
+        h.failed();
+        assert_eq!(h.failing_for(WATCH_GRACE), None, "3 s of errors is within the grace");
+        assert!(h.flowing().is_some(), "an event ends the outage");
+        h.failed();
+        for _ in 0..4 {
+            step(3).await;
+            h.failed();
+        }
+        assert_eq!(h.failing_for(WATCH_GRACE), Some(std::time::Duration::from_secs(12)));
+        // The errors stop (the watch reconnected, and nothing changed since): healthy again.
+        step(8).await;
+        assert_eq!(h.failing_for(WATCH_GRACE), None);
     }
 }

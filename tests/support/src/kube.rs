@@ -50,6 +50,8 @@ fn which(program: &str) -> Option<PathBuf> {
 pub struct Cluster {
     dir: tempfile::TempDir,
     processes: Mutex<Vec<std::process::Child>>,
+    /// How to start the API server again (after [`Cluster::stop_apiserver`]).
+    apiserver: Mutex<Option<std::process::Command>>,
     pub server: String,
     pub admin_token: String,
     ca: PathBuf,
@@ -179,11 +181,13 @@ impl Cluster {
             admin_token,
             ca: d.join("ca.crt"),
             processes: Mutex::new(processes),
+            apiserver: Mutex::new(None),
             dir,
         };
         let d = cluster.dir.path();
         let path = |f: &str| d.join(f).display().to_string();
-        let apiserver_child = die_with_parent(&mut std::process::Command::new(&apiserver))
+        let mut apiserver_cmd = std::process::Command::new(&apiserver);
+        die_with_parent(&mut apiserver_cmd)
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--insecure-port=0"])
             .arg(format!("--secure-port={api_port}"))
@@ -196,10 +200,10 @@ impl Cluster {
             .arg(format!("--service-account-signing-key-file={}", path("sa.key")))
             .args(["--service-cluster-ip-range=10.0.0.0/24", "--feature-gates=TTLAfterFinished=true"])
             .stdout(log("apiserver")?)
-            .stderr(log("apiserver")?)
-            .spawn()
-            .context("cannot start kube-apiserver")?;
+            .stderr(log("apiserver")?);
+        let apiserver_child = apiserver_cmd.spawn().context("cannot start kube-apiserver")?;
         cluster.processes.lock().expect("process lock").push(apiserver_child);
+        *cluster.apiserver.lock().expect("apiserver lock") = Some(apiserver_cmd);
         cluster.write_kubeconfig("admin.kubeconfig", &cluster.admin_token.clone(), "default")?;
         cluster.wait_ready()?;
         let cm_child = die_with_parent(&mut std::process::Command::new(&controller))
@@ -216,6 +220,28 @@ impl Cluster {
             .context("cannot start kube-controller-manager")?;
         cluster.processes.lock().expect("process lock").push(cm_child);
         Ok(cluster)
+    }
+
+    /// Kills the API server (SIGKILL), as an outage would; etcd and the controller manager stay.
+    pub fn stop_apiserver(&self) -> anyhow::Result<()> {
+        let mut processes = self.processes.lock().expect("process lock");
+        let apiserver = processes.get_mut(1).context("no API server process")?;
+        apiserver.kill()?;
+        apiserver.wait()?;
+        Ok(())
+    }
+
+    /// Starts the API server again, on the same port with the same data, and waits until it is
+    /// ready (blocking: call it from a blocking task).
+    pub fn start_apiserver(&self) -> anyhow::Result<()> {
+        let child = {
+            let mut cmd = self.apiserver.lock().expect("apiserver lock");
+            let cmd = cmd.as_mut().context("the API server was never started")?;
+            let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("apiserver.log"))?;
+            cmd.stdout(log.try_clone()?).stderr(log).spawn().context("cannot restart kube-apiserver")?
+        };
+        self.processes.lock().expect("process lock")[1] = child;
+        self.wait_ready()
     }
 
     /// Polls `/readyz` from a thread of its own (the caller may be inside a runtime).
@@ -407,7 +433,14 @@ fn kubelet(cluster: &'static Cluster, images: ImageMap) {
         let client = cluster.admin().await.expect("an admin client");
         let pods: Api<Pod> = Api::all(client.clone());
         let running: Arc<Mutex<HashMap<String, Running>>> = Arc::default();
-        let stream = watcher(pods, watcher::Config::default()).default_backoff().applied_objects();
+        // Reconnects within seconds after an API server outage, as a kubelet does.
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times();
+        let stream = watcher(pods, watcher::Config::default())
+            .backoff(watcher::ExponentialBackoff::from(backoff))
+            .applied_objects();
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             if let Ok(pod) = event {
@@ -499,7 +532,23 @@ async fn run_pod(
     let patch = |status: serde_json::Value| {
         let api = api.clone();
         let name = name.clone();
-        async move { api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await }
+        // Retried while the API server is unavailable, as a kubelet keeps reporting a status.
+        async move {
+            let mut tries = 0;
+            loop {
+                match api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status.clone()})))
+                    .await
+                {
+                    Err(kube::Error::Api(e)) if e.code == 404 => return Err(kube::Error::Api(e)),
+                    Err(_) if tries < 240 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    result => return result,
+                }
+            }
+        }
     };
     let start = |c: &k8s_openapi::api::core::v1::Container| -> anyhow::Result<(tokio::process::Child, PathBuf)> {
         let env: BTreeMap<String, String> =
