@@ -22,6 +22,12 @@
 //! - deletes that fail are retried with backoff until they succeed or the Job is gone;
 //! - watches reconnect at most [`WATCH_BACKOFF_MAX`] apart, and a watch failing for longer than
 //!   [`WATCH_GRACE`] makes the host unready.
+//!
+//! On servers whose Job API has them ([`JobFeatures`], from the server's version, read once),
+//! Jobs get `podReplacementPolicy: Failed` (a replacement pod starts only once the one it
+//! replaces is gone, so two never run the same attempt) and a `podFailurePolicy` that ignores
+//! disruptions (eviction, preemption, a drained node): such a pod is replaced by the Job
+//! controller instead of failing the attempt as if the function had failed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -61,6 +67,49 @@ pub const WATCH_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait between two tries of a failing delete, and how long they go on.
 const DELETE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 const DELETE_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// What the API server's Job API offers beyond the oldest supported one (1.20).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobFeatures {
+    /// `podFailurePolicy` (on by default since 1.26, GA in 1.31).
+    pub pod_failure_policy: bool,
+    /// `podReplacementPolicy` (on by default since 1.29, GA in 1.34).
+    pub pod_replacement_policy: bool,
+}
+
+impl JobFeatures {
+    /// From the server's `/version` (`minor` may carry a `+`, as on managed clusters).
+    pub fn of(major: &str, minor: &str) -> Self {
+        let minor: u32 = minor.trim_end_matches('+').parse().unwrap_or(0);
+        let v1 = major == "1";
+        Self { pod_failure_policy: v1 && minor >= 26, pod_replacement_policy: v1 && minor >= 29 }
+    }
+
+    /// Sets the fields the server has and the manifest leaves unset.
+    fn apply(self, job: &mut Job) {
+        use k8s_openapi::api::batch::v1::{
+            PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+        };
+        let Some(spec) = job.spec.as_mut() else { return };
+        if self.pod_replacement_policy && spec.pod_replacement_policy.is_none() {
+            spec.pod_replacement_policy = Some("Failed".into());
+        }
+        // The API server accepts a pod failure policy only with `restartPolicy: Never`.
+        let never = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
+        if self.pod_failure_policy && never && spec.pod_failure_policy.is_none() {
+            spec.pod_failure_policy = Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "Ignore".into(),
+                    on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                        type_: "DisruptionTarget".into(),
+                        status: "True".into(),
+                    }]),
+                    on_exit_codes: None,
+                }],
+            });
+        }
+    }
+}
 
 /// A cluster to run Jobs in.
 #[derive(Clone)]
@@ -284,6 +333,9 @@ impl WatchHealth {
 }
 
 struct Inner {
+    client: kube::Client,
+    /// Found at the first create (not cached when the server could not say).
+    features: tokio::sync::OnceCell<JobFeatures>,
     jobs: Api<Job>,
     policy: PodPolicy,
     job_cache: Store<Job>,
@@ -359,6 +411,7 @@ impl KubernetesCapability {
         if let Some(spec) = job.spec.as_mut() {
             add(&mut spec.template.metadata.get_or_insert_with(Default::default).labels);
         }
+        self.0.features().await.apply(&mut job);
         let name = match self.0.jobs.create(&PostParams::default(), &job).await {
             Ok(created) => created.metadata.name.unwrap_or_default(),
             // Job names are deterministic per attempt: this attempt's Job exists already (it was
@@ -571,6 +624,8 @@ impl KubernetesCapability {
 impl Inner {
     fn new(cluster: &Cluster, job_cache: Store<Job>, pod_cache: Store<Pod>, metrics: Metrics, wake: Wake) -> Self {
         Self {
+            client: cluster.client.clone(),
+            features: tokio::sync::OnceCell::new(),
             jobs: Api::namespaced(cluster.client.clone(), &cluster.namespace),
             policy: cluster.policy.clone(),
             job_cache,
@@ -601,6 +656,24 @@ impl Inner {
                 deleted: false,
             },
         );
+    }
+
+    /// The server's [`JobFeatures`]: read once; when the server cannot say, none (and asked
+    /// again at the next create).
+    async fn features(&self) -> JobFeatures {
+        let read = self.features.get_or_try_init(|| async {
+            let info = self.client.apiserver_version().await?;
+            let features = JobFeatures::of(&info.major, &info.minor);
+            tracing::info!(version = %info.git_version, ?features, "Kubernetes Job API features");
+            Ok::<_, kube::Error>(features)
+        });
+        match read.await {
+            Ok(f) => *f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the API server's version; Jobs get no newer fields");
+                JobFeatures::default()
+            }
+        }
     }
 
     /// Deletes until the delete succeeds or the Job is gone, backing off between tries (up to
@@ -832,6 +905,7 @@ mod tests {
         let (job_cache, _) = reflector::store();
         let (pod_cache, _) = reflector::store();
         let inner = Inner::new(&cluster, job_cache, pod_cache, metrics.clone(), Arc::new(|_: &str| {}));
+        inner.features.set(JobFeatures::default()).unwrap();
         (KubernetesCapability(Arc::new(inner)), handle, metrics)
     }
 
@@ -974,6 +1048,7 @@ mod tests {
             let _ = wake_tx.send(owner.to_string());
         });
         let inner = Arc::new(Inner::new(&cluster, job_cache, pod_cache, Metrics::new(), wake));
+        inner.features.set(JobFeatures::default()).unwrap();
         let (jobs, events) = futures::channel::mpsc::unbounded();
         tokio::spawn(follow(reflector::reflector(job_writer, events), Arc::downgrade(&inner), &JOB_WATCH));
         Fed { cap: KubernetesCapability(inner), api, jobs, pods, woken }
@@ -1135,5 +1210,50 @@ mod tests {
         // The errors stop (the watch reconnected, and nothing changed since): healthy again.
         step(8).await;
         assert_eq!(h.failing_for(WATCH_GRACE), None);
+    }
+
+    #[tokio::test]
+    async fn newer_servers_get_the_job_safety_fields_and_older_ones_do_not() {
+        for (minor, newer) in [("33", true), ("20", false)] {
+            let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
+            let cluster = Cluster::from_client(kube::Client::new(service, "ns"), "ns");
+            let (job_cache, _) = reflector::store();
+            let (pod_cache, _) = reflector::store();
+            let inner = Inner::new(&cluster, job_cache, pod_cache, Metrics::new(), Arc::new(|_: &str| {}));
+            let cap = KubernetesCapability(Arc::new(inner));
+            let server = tokio::spawn(async move {
+                let (req, send) = api.next_request().await.expect("the version, once");
+                assert_eq!(req.uri().path(), "/version");
+                send.send_response(respond(
+                    StatusCode::OK,
+                    json!({"major": "1", "minor": minor,
+                    "gitVersion": format!("v1.{minor}.0"), "gitCommit": "", "gitTreeState": "", "buildDate": "",
+                    "goVersion": "", "compiler": "", "platform": ""}),
+                ));
+                let mut specs = Vec::new();
+                for _ in 0..2 {
+                    let (req, send) = api.next_request().await.expect("a create");
+                    assert_eq!(req.method(), Method::POST);
+                    let job = body(req).await;
+                    specs.push(job["spec"].clone());
+                    send.send_response(respond(StatusCode::CREATED, job));
+                }
+                specs
+            });
+            cap.create_job("e", "fn", 1, MANIFEST).await.unwrap();
+            cap.create_job("e", "fn", 2, &MANIFEST.replace("f-1", "f-2")).await.unwrap();
+            for spec in server.await.unwrap() {
+                if newer {
+                    assert_eq!(spec["podReplacementPolicy"], "Failed", "{spec}");
+                    let rule = &spec["podFailurePolicy"]["rules"][0];
+                    assert_eq!(rule["action"], "Ignore");
+                    assert_eq!(rule["onPodConditions"][0], json!({"type": "DisruptionTarget", "status": "True"}));
+                } else {
+                    assert!(spec.get("podReplacementPolicy").is_none() && spec.get("podFailurePolicy").is_none());
+                }
+            }
+        }
+        assert_eq!(JobFeatures::of("1", "29+"), JobFeatures { pod_failure_policy: true, pod_replacement_policy: true });
+        assert_eq!(JobFeatures::of("1", "27"), JobFeatures { pod_failure_policy: true, pod_replacement_policy: false });
     }
 }
