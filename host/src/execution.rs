@@ -273,6 +273,12 @@ struct State {
     seal: Option<usize>,
 }
 
+impl State {
+    fn seal_now(&mut self, cap: usize) {
+        self.snapshot = std::mem::replace(&mut self.snapshot, Snapshot::queued()).retained(cap);
+    }
+}
+
 pub struct Execution {
     pub id: String,
     pub function: Arc<Function>,
@@ -573,7 +579,7 @@ impl Execution {
             return;
         }
         if state.waiters == 0 {
-            state.snapshot = std::mem::replace(&mut state.snapshot, Snapshot::queued()).retained(cap);
+            state.seal_now(cap);
         } else {
             state.seal = Some(cap);
         }
@@ -634,7 +640,7 @@ impl Drop for ResultHold {
         if state.waiters == 0
             && let Some(cap) = state.seal.take()
         {
-            state.snapshot = std::mem::replace(&mut state.snapshot, Snapshot::queued()).retained(cap);
+            state.seal_now(cap);
         }
     }
 }
