@@ -94,6 +94,17 @@ pub struct Output {
     pub body: Bytes,
 }
 
+/// Bytes below this size are copied into an allocation of their own before they are kept.
+const COMPACT_BELOW: usize = 16 * 1024;
+
+/// `bytes`, in an allocation of its own when it is small. A small body is usually a view into a
+/// larger buffer (the connection's read buffer a request body was split from): kept as a view,
+/// it would keep that whole buffer alive for as long as the execution is retained — measured at
+/// ~6 KiB per retained execution with 2-byte bodies.
+pub fn compact(bytes: Bytes) -> Bytes {
+    if bytes.len() < COMPACT_BELOW { Bytes::copy_from_slice(&bytes) } else { bytes }
+}
+
 /// What is kept of an output larger than the retained-output cap: it went to the callers that
 /// waited for it; later readers learn its size and digest.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -219,10 +230,14 @@ impl Snapshot {
         }
     }
 
-    /// This snapshot as it is retained: an output over `cap` bytes becomes its size and digest.
+    /// This snapshot as it is retained: an output over `cap` bytes becomes its size and digest,
+    /// and a small one gets an allocation of its own (see [`compact`]).
     pub fn retained(mut self, cap: usize) -> Self {
         if let Some(output) = self.output.take_if(|o| o.body.len() > cap) {
             self.dropped_output = Some(DroppedOutput::of(&output));
+        }
+        if let Some(output) = self.output.as_mut() {
+            output.body = compact(std::mem::take(&mut output.body));
         }
         self
     }
@@ -758,5 +773,16 @@ pub(crate) mod tests {
         }
         assert_eq!(ErrorKind::parse("platform"), Some(ErrorKind::Platform));
         assert_eq!(Status::parse("nope"), None);
+    }
+
+    #[test]
+    fn small_bodies_are_compacted_out_of_the_buffer_they_were_split_from() {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let small = compact(buffer.slice(10..12));
+        assert_eq!(small.as_ref(), &[7, 7]);
+        assert!(!range.contains(&(small.as_ptr() as usize)), "a copy of its own");
+        let large = compact(buffer.slice(0..32 * 1024));
+        assert!(range.contains(&(large.as_ptr() as usize)), "large bodies are not copied");
     }
 }

@@ -6,6 +6,11 @@ use clap::Parser;
 use nanofaas::config::{Cli, Command, Config};
 use nanofaas::{Listeners, bootstrap, run, telemetry};
 
+/// mimalloc: per-thread free lists and pages it reuses rather than glibc's per-thread arenas
+/// that grow and shrink with every request (see BENCHMARKS.md for what it gave).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

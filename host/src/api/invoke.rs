@@ -123,11 +123,13 @@ fn request(
             })?;
             Input {
                 content_type: "application/json".into(),
-                body: body.slice_ref(raw.get().as_bytes()),
+                body: crate::execution::compact(body.slice_ref(raw.get().as_bytes())),
                 metadata: req.metadata.unwrap_or_default().into_iter().collect(),
             }
         }
-        "application/octet-stream" => Input { content_type: mime, body, metadata: Vec::new() },
+        "application/octet-stream" => {
+            Input { content_type: mime, body: crate::execution::compact(body), metadata: Vec::new() }
+        }
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -565,7 +565,8 @@ async fn deleted_functions_leave_no_metric_series() {
 
 #[tokio::test]
 async fn retained_results_are_capped_by_bytes_oldest_first() {
-    let (cp, app) = app_with(Config { max_retained_bytes: 1000, ..Config::default() }).await;
+    let cap = crate::ledger::RECORD_OVERHEAD + 1000;
+    let (cp, app) = app_with(Config { max_retained_bytes: cap, ..Config::default() }).await;
     with_echo(&app, "echo").await;
     let text = "x".repeat(300);
     let mut ids = Vec::new();
@@ -573,8 +574,8 @@ async fn retained_results_are_capped_by_bytes_oldest_first() {
         let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": text})).await;
         assert_eq!(r.status, StatusCode::OK);
         ids.push(r.body["executionId"].as_str().unwrap().to_string());
-        // Input and output of ~300 bytes each: at most one execution fits in 1000 bytes.
-        assert!(cp.metrics().retained_bytes.get() <= 1000, "{}", cp.metrics().retained_bytes.get());
+        // A record plus input and output of ~300 bytes each: at most one execution fits.
+        assert!(cp.metrics().retained_bytes.get() as usize <= cap, "{}", cp.metrics().retained_bytes.get());
     }
     assert!(cp.metrics().retained_bytes.get() > 0);
     let newest = send(&app, Method::GET, &format!("/v1/executions/{}", ids[4]), &[], AxumBody::empty()).await;
@@ -605,8 +606,8 @@ async fn an_output_over_the_retained_cap_goes_to_its_waiter_then_only_its_digest
     assert_eq!(kept["bytes"], json!(output.len()));
     assert_eq!(kept["sha256"], json!(hex::encode(sha2::Sha256::digest(output.as_bytes()))));
     assert_eq!(kept["contentType"], "application/json");
-    // Only the input (the same JSON as the echoed output) is counted as retained.
-    assert_eq!(cp.metrics().retained_bytes.get() as usize, output.len());
+    // Only the record and its input (the same JSON as the echoed output) are counted as retained.
+    assert_eq!(cp.metrics().retained_bytes.get() as usize, crate::ledger::RECORD_OVERHEAD + output.len());
     // A sync replay of the same request cannot answer with an output that is gone: 410.
     let replay =
         send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, key], json!({"input": text}).to_string()).await;
