@@ -230,14 +230,10 @@ impl Snapshot {
         }
     }
 
-    /// This snapshot as it is retained: an output over `cap` bytes becomes its size and digest,
-    /// and a small one gets an allocation of its own (see [`compact`]).
+    /// This snapshot as it is retained: an output over `cap` bytes becomes its size and digest.
     pub fn retained(mut self, cap: usize) -> Self {
         if let Some(output) = self.output.take_if(|o| o.body.len() > cap) {
             self.dropped_output = Some(DroppedOutput::of(&output));
-        }
-        if let Some(output) = self.output.as_mut() {
-            output.body = compact(std::mem::take(&mut output.body));
         }
         self
     }
@@ -289,8 +285,13 @@ struct State {
 }
 
 impl State {
+    /// Keeps the snapshot as retained in memory: sealed, and a small output in an allocation of
+    /// its own (see [`compact`]; a store write copies the bytes anyway, so only memory needs it).
     fn seal_now(&mut self, cap: usize) {
         self.snapshot = std::mem::replace(&mut self.snapshot, Snapshot::queued()).retained(cap);
+        if let Some(output) = self.snapshot.output.as_mut() {
+            output.body = compact(std::mem::take(&mut output.body));
+        }
     }
 }
 
