@@ -12,9 +12,13 @@ fn binary() -> &'static Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_register_invoke_enqueue_and_stop() {
     // Listen addresses come from NANOFAAS_* environment variables (set by Host::start).
-    let host = Host::start(binary(), &[], &[("NANOFAAS_MAX_BODY_BYTES", "4096"), ("NANOFAAS_LOG_FORMAT", "json")])
-        .await
-        .unwrap();
+    let host = Host::start(
+        binary(),
+        &[],
+        &[("NANOFAAS_MAX_BODY_BYTES", "4096"), ("NANOFAAS_LOG_FORMAT", "json"), ("NANOFAAS_ACCESS_LOG", "true")],
+    )
+    .await
+    .unwrap();
 
     let (status, body) = host.post("/v1/functions", json!({"name": "echo", "executionMode": "LOCAL"})).await.unwrap();
     assert_eq!(status, 201, "{body}");
@@ -50,8 +54,8 @@ async fn serve_register_invoke_enqueue_and_stop() {
     let ready = host.client.get(format!("{}/health/ready", host.admin)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
-    // Structured logs: one JSON object per line, executions carrying their ids.
-    let logs = host.logs();
+    // Structured logs: one JSON object per line, the access lines of executions carrying their ids.
+    let logs = host.logs_when(|l| l.matches("execution finished").count() >= 2).await;
     let finished: Vec<serde_json::Value> = logs
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -94,7 +98,7 @@ async fn a_dropped_in_plugin_serves_a_function() {
     let dir_arg = dir.path().to_str().unwrap();
     let host = Host::start(binary(), &["--plugin-dir", dir_arg], &[]).await.unwrap();
 
-    let logs = host.logs();
+    let logs = host.logs_when(|l| l.contains("broken.wasm") && l.contains("already taken")).await;
     assert!(logs.contains("plugin refused") && logs.contains("broken.wasm"), "{logs}");
     assert!(logs.contains("already taken by a built-in plugin"), "{logs}");
 

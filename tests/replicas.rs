@@ -316,6 +316,6 @@ async fn a_paused_replica_cannot_settle_what_it_lost() {
     let finished = metric_sum(&metrics(&r.a).await, "nanofaas_invocations_total")
         + metric_sum(&metrics(&r.b).await, "nanofaas_invocations_total");
     assert_eq!(finished, ids.len() as f64);
-    let logs = r.a.logs();
+    let logs = r.a.logs_when(|l| l.contains("lease expired") || l.contains("lost to another replica")).await;
     assert!(logs.contains("lease expired") || logs.contains("lost to another replica"), "{logs}");
 }

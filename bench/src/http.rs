@@ -52,7 +52,7 @@ async fn drive(client: &reqwest::Client, url: &str, requests: usize, connections
     Ok(Run { latency: summarize(samples), throughput })
 }
 
-async fn bare_echo(Json(body): Json<Value>) -> Json<Value> {
+pub(crate) async fn bare_echo(Json(body): Json<Value>) -> Json<Value> {
     Json(json!({"executionId": "x", "status": "success", "output": body["input"], "error": null}))
 }
 

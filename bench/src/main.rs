@@ -2,6 +2,7 @@
 //! Every benchmark measures nanofaas and a baseline in the same run and prints both and their
 //! ratio, because absolute numbers on a shared machine mean little.
 //!
+//! - `all`: the hot-path targets below, each against its baseline, in one table.
 //! - `dispatch`: one `echo` dispatch through the plugin runtime (fresh instance, call, one host
 //!   import) vs the same logic as a native Rust trait object.
 //! - `http`: sync invoke of an `echo` function through the full host vs a bare axum handler that
@@ -18,9 +19,11 @@ mod capability;
 mod dispatch;
 mod http;
 mod kube;
+mod load;
 mod memory;
 mod stats;
 mod store;
+mod suite;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +36,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Every hot-path target against its baseline, in one table (a few minutes).
+    All {
+        /// Alternating rounds per variant.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Connections for the throughput runs.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Executions held pending on callbacks.
+        #[arg(long, default_value_t = 10_000)]
+        pending: usize,
+        /// Their timeout.
+        #[arg(long, default_value_t = 10_000)]
+        pending_timeout_ms: u64,
+    },
+    /// Serve the baselines of `all` on `listen` until killed (to measure by hand).
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+    },
     /// Plugin dispatch overhead: Wasm `echo` vs native.
     Dispatch {
         /// Measured dispatches per variant.
@@ -95,6 +121,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.bench {
+            Bench::All { rounds, seconds, connections, pending, pending_timeout_ms } => {
+                suite::run(suite::Settings { rounds, secs: seconds, connections, pending, pending_timeout_ms }).await
+            }
+            Bench::Baseline { listen } => {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                Ok(axum::serve(listener, suite::baseline()).await?)
+            }
             Bench::Dispatch { iterations } => dispatch::run(iterations).await,
             Bench::Http { requests, concurrency, moderate } => http::run(requests, concurrency, moderate).await,
             Bench::Local { calls, concurrency } => capability::local(calls, concurrency).await,

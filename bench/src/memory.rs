@@ -10,15 +10,11 @@ use std::time::Duration;
 use nanofaas_test_support::Host;
 use serde_json::json;
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
-    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
-}
+use crate::load::{host_binary, rss_kib};
 
 /// RSS growth (MiB) after `calls` sync calls and after idling, and the retained bytes reported.
 async fn variant(cap: Option<usize>, calls: usize, mib: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let binary = super::store::host_binary()?;
+    let binary = host_binary()?;
     let cap_arg = cap.map(|c| c.to_string());
     let mut args = vec!["--store", "memory:", "--no-kubernetes"];
     if let Some(c) = &cap_arg {

@@ -9,69 +9,16 @@
 //! - takeover: a replica on PostgreSQL is killed; the time until another replica has taken its
 //!   executions over, and until they have all finished.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nanofaas_test_support::postgres::Postgres;
 use nanofaas_test_support::{Host, artifacts, plugin_dir};
 use serde_json::json;
 
-pub(crate) fn host_binary() -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.parent().expect("a directory").join("nanofaas");
-    anyhow::ensure!(path.is_file(), "{} is missing: cargo build --release --bin nanofaas", path.display());
-    Ok(path)
-}
+use crate::load::{host_binary, median, verdict, wrk};
 
-/// What `wrk` measured.
-struct Load {
-    per_sec: f64,
-    median_ms: f64,
-    non_2xx: u64,
-}
-
-/// `wrk` POSTing `body` to `url` for `secs` seconds over `connections` connections.
-fn wrk(url: &str, body: &str, connections: usize, secs: u64) -> anyhow::Result<Load> {
-    let script = std::env::temp_dir().join(format!("nanofaas-bench-{}.lua", std::process::id()));
-    std::fs::write(
-        &script,
-        format!("wrk.method = \"POST\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
-    )?;
-    let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-s"])
-        .arg(&script)
-        .arg(url)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run wrk (apt-get install wrk): {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    anyhow::ensure!(out.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()));
-    let per_sec = field("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let non_2xx = field("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let median_ms = field("50%").map(|v| millis(&v)).unwrap_or(f64::NAN);
-    Ok(Load { per_sec, median_ms, non_2xx })
-}
-
-/// `1.23ms`, `456.00us`, `1.01s` → milliseconds.
-fn millis(v: &str) -> f64 {
-    let (number, factor) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    number.parse::<f64>().unwrap_or(f64::NAN) * factor
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-async fn echo_host(binary: &Path, store: &str) -> anyhow::Result<Host> {
+pub(crate) async fn echo_host(binary: &Path, store: &str) -> anyhow::Result<Host> {
     let host = Host::start(binary, &["--store", store, "--no-kubernetes"], &[]).await?;
     let (status, body) = host
         .post(
@@ -81,10 +28,6 @@ async fn echo_host(binary: &Path, store: &str) -> anyhow::Result<Host> {
         .await?;
     anyhow::ensure!(status == 201, "register: {body}");
     Ok(host)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "MET" } else { "NOT MET" }
 }
 
 pub async fn run(rounds: usize, secs: u64, connections: usize) -> anyhow::Result<()> {

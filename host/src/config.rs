@@ -99,6 +99,8 @@ pub struct Config {
     pub retry_max: Duration,
     pub plugin: PluginLimits,
     pub log_format: LogFormat,
+    /// Whether each finished execution gets an access line in the log.
+    pub access_log: bool,
     /// Whether plugins granted `process` may start local processes.
     pub local_exec: bool,
     /// Bound on a process's stdout and an outgoing response's body.
@@ -188,6 +190,7 @@ impl Default for Config {
             retry_max: Duration::from_millis(defaults::RETRY_MAX_MS),
             plugin: PluginLimits::default(),
             log_format: LogFormat::Text,
+            access_log: false,
             local_exec: true,
             max_output_bytes: defaults::MAX_OUTPUT_BYTES,
             http_allow: Vec::new(),
@@ -323,6 +326,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "NANOFAAS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log one line per finished execution (target `nanofaas::access`: id, function, trace id,
+    /// attempt, status, error code). Off by default: a line per request is a cost the hot path
+    /// does not pay unless asked.
+    #[arg(long, env = "NANOFAAS_ACCESS_LOG")]
+    pub access_log: bool,
     /// Switch local execution off: plugins cannot start processes.
     #[arg(long, env = "NANOFAAS_NO_LOCAL_EXEC")]
     pub no_local_exec: bool,
@@ -412,6 +420,7 @@ impl From<ServeArgs> for Config {
                 ..base
             },
             log_format: a.log_format,
+            access_log: a.access_log,
             local_exec: !a.no_local_exec,
             max_output_bytes: a.max_output_bytes,
             http_allow: a.http_allow,

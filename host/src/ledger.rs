@@ -503,9 +503,10 @@ impl Ledger {
             self.metrics.timeouts.with_label_values(&[function]).inc();
         }
         match &snapshot.error {
-            None => tracing::info!(execution_id = %exec.id, function, trace_id = %exec.trace_id,
-                attempt = snapshot.attempt, status = outcome, "execution finished"),
-            Some(ErrorInfo { code, message }) => tracing::info!(execution_id = %exec.id, function,
+            None => tracing::info!(target: crate::telemetry::ACCESS, execution_id = %exec.id, function,
+                trace_id = %exec.trace_id, attempt = snapshot.attempt, status = outcome, "execution finished"),
+            Some(ErrorInfo { code, message }) => tracing::info!(target: crate::telemetry::ACCESS,
+                execution_id = %exec.id, function,
                 trace_id = %exec.trace_id, attempt = snapshot.attempt, status = outcome, code, message,
                 "execution finished"),
         }

@@ -28,13 +28,13 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(config.log_format);
+    let _logging = telemetry::init(config.log_format, config.access_log);
     let listeners = Listeners::bind(&config).await?;
     run(config, listeners, shutdown_signal()).await
 }
 
 fn list_plugins(config: Config) -> anyhow::Result<()> {
-    telemetry::init(config.log_format);
+    let _logging = telemetry::init(config.log_format, false);
     let (catalog, refused) = bootstrap::catalog(&config)?;
     for plugin in catalog.plugins() {
         let source = match &plugin.source {

@@ -91,6 +91,19 @@ impl Host {
         self.logs.lock().expect("log lock").clone()
     }
 
+    /// The logs once `done` holds for them, or as they are after 10 s: the host writes its log
+    /// from a thread of its own, so a line can arrive a moment after the event it tells of.
+    pub async fn logs_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if done(&logs) || tokio::time::Instant::now() >= until {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }
