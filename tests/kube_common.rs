@@ -59,9 +59,22 @@ pub async fn register(host: &Host, spec: Value) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// The namespace's Jobs, read by the test's own client. Its connection may meet an API server
+/// that has just come back from an outage (a reset connection): that is retried, for 10 s.
 pub async fn jobs(namespace: &str) -> Vec<Job> {
-    let client = cluster().admin().await.unwrap();
-    Api::<Job>::namespaced(client, namespace).list(&Default::default()).await.unwrap().items
+    let mut tries = 0;
+    loop {
+        let client = cluster().admin().await.unwrap();
+        match Api::<Job>::namespaced(client, namespace).list(&Default::default()).await {
+            Ok(list) => return list.items,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                eprintln!("listing Jobs failed ({e}); again");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot list Jobs: {e}"),
+        }
+    }
 }
 
 /// Waits until the namespace has no Jobs left (deleted by the host; the GC takes the pods).

@@ -235,10 +235,24 @@ impl Cluster {
     /// ready (blocking: call it from a blocking task).
     pub fn start_apiserver(&self) -> anyhow::Result<()> {
         let child = {
-            let mut cmd = self.apiserver.lock().expect("apiserver lock");
-            let cmd = cmd.as_mut().context("the API server was never started")?;
+            let mut slot = self.apiserver.lock().expect("apiserver lock");
+            let mut cmd = slot.take().context("the API server was never started")?;
             let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("apiserver.log"))?;
-            cmd.stdout(log.try_clone()?).stderr(log).spawn().context("cannot restart kube-apiserver")?
+            cmd.stdout(log.try_clone()?).stderr(log);
+            // Started from a thread that never ends: the process dies with its starting thread
+            // (`die_with_parent`), and the caller's may be a blocking-pool thread that ends
+            // after 10 s idle — which killed the restarted API server in the middle of a test.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let child = cmd.spawn();
+                let _ = tx.send((child, cmd));
+                loop {
+                    std::thread::park();
+                }
+            });
+            let (child, cmd) = rx.recv().context("the starter thread ended")?;
+            *slot = Some(cmd);
+            child.context("cannot restart kube-apiserver")?
         };
         self.processes.lock().expect("process lock")[1] = child;
         self.wait_ready()
@@ -450,7 +464,12 @@ fn kubelet(cluster: &'static Cluster, images: ImageMap) {
     });
 }
 
+/// Kills a pod's process group. A pod whose process has not started yet has no group (0):
+/// `kill -0` would signal the caller's own group — the test and whatever runs it.
 fn nix_kill(pgid: i32) -> std::io::Result<()> {
+    if pgid <= 0 {
+        return Err(std::io::Error::other("no process group yet"));
+    }
     let status =
         std::process::Command::new("kill").arg("-KILL").arg(format!("-{pgid}")).stderr(Stdio::null()).status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other("kill failed")) }
@@ -585,8 +604,14 @@ async fn run_pod(
     }
     let Some(main) = spec.containers.first() else { return Ok(()) };
     let (mut child, termination) = start(main)?;
-    if let Some(r) = running.lock().expect("running lock").get_mut(key) {
-        r.pgid = child.id().unwrap_or(0) as i32;
+    let pgid = child.id().unwrap_or(0) as i32;
+    match running.lock().expect("running lock").get_mut(key) {
+        Some(r) => r.pgid = pgid,
+        None => {
+            // Deleted while it was starting: it stops at once.
+            let _ = nix_kill(pgid);
+            return Ok(());
+        }
     }
     patch(json!({
         "phase": "Running", "startTime": now,
