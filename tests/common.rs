@@ -88,3 +88,15 @@ pub async fn submit(cp: &ControlPlane, function: &str, json: &str) -> Arc<Execut
 pub fn plugin_calls(cp: &ControlPlane, plugin: &str, call: &str) -> u64 {
     cp.metrics().plugin_call_duration.with_label_values(&[plugin, call]).get_sample_count()
 }
+
+/// How many instances the plugin runtime created of `plugin`.
+pub fn plugin_instances(cp: &ControlPlane, plugin: &str) -> u64 {
+    cp.metrics().plugin_instances.with_label_values(&[plugin]).get()
+}
+
+/// Waits until no driver task runs (their releases are done).
+pub async fn drivers_idle(cp: &ControlPlane) {
+    while cp.running_drivers() > 0 {
+        tokio::task::yield_now().await;
+    }
+}

@@ -121,10 +121,18 @@ async fn a_dropped_in_plugin_serves_a_function() {
     assert!(message.contains("uppercase") && message.contains("echo"), "{message}");
     host.stop().await.unwrap();
 
-    // `nanofaas plugins` shows the same picture without serving.
-    let out = std::process::Command::new(binary()).args(["plugins", "--plugin-dir", dir_arg]).output().unwrap();
+    // `nanofaas plugins check` shows the same picture without serving, and fails for the refusals.
+    let out =
+        std::process::Command::new(binary()).args(["plugins", "check", "--plugin-dir", dir_arg]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("uppercase") && text.contains("refused"), "{text}");
+    assert!(!out.status.success(), "a refused file fails the check");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 plugin file(s) refused"));
+    std::fs::remove_file(dir.path().join("broken.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("echo.wasm")).unwrap();
+    let out =
+        std::process::Command::new(binary()).args(["plugins", "check", "--plugin-dir", dir_arg]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// The README's walkthrough: the example functions, served as the run command serves them,
@@ -206,4 +214,55 @@ async fn the_example_functions_answer_as_documented() {
     assert_eq!((status, body["status"].clone()), (504, json!("timeout")), "{body}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(2000));
     host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_running_execution_and_kills_its_process() {
+    let host = Host::start(binary(), &[], &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+    let spec = json!({"name": "stuck", "dispatcher": "local", "command": ["sh", "-c", script], "timeoutMs": 60000});
+    let (status, body) = host.post("/v1/functions", spec).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = host.post("/v1/functions/stuck:enqueue", json!({"input": 1})).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let id = body["executionId"].as_str().unwrap().to_string();
+    let mut pid = None;
+    for _ in 0..500 {
+        pid = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = pid.expect("the function started");
+    let alive = || Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive());
+
+    let (status, body) = host.post(&format!("/v1/executions/{id}:cancel"), json!({})).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["error"]["code"], "CANCELLED");
+    for _ in 0..500 {
+        if !alive() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!alive(), "the process was killed with its execution");
+
+    // A second cancel: 409 with the state it had ended in.
+    let (status, body) = host.post(&format!("/v1/executions/{id}:cancel"), json!({})).await.unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].clone(), body["status"].clone()),
+        (409, json!("EXECUTION_ENDED"), json!("cancelled"))
+    );
+    let (status, body) = host.get(&format!("/v1/executions/{id}")).await.unwrap();
+    assert_eq!((status, body["status"].clone()), (200, json!("cancelled")));
+    let (status, body) = host.post("/v1/executions/nope:cancel", json!({})).await.unwrap();
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("EXECUTION_NOT_FOUND")));
+    let (status, _) = host.post(&format!("/v1/executions/{id}:pause"), json!({})).await.unwrap();
+    assert_eq!(status, 404);
+    assert!(host.stop().await.unwrap().success());
 }

@@ -104,6 +104,88 @@ async fn polls_follow_poll_after_and_release_on_completion() {
     assert_eq!(plugin_calls(&cp, "testkit", "release"), 1);
 }
 
+/// Runs one `instance` execution; answers what its poll saw and the instances it created.
+async fn one_attempt_on_instances(config: Config, poll_after_ms: u32) -> (serde_json::Value, u64) {
+    let cp = control_plane(config).await;
+    testkit(&cp, "held", json!({"behavior": "instance", "pollAfterMs": poll_after_ms}), |_| {}).await;
+    let before = plugin_instances(&cp, "testkit");
+    let exec = submit(&cp, "held", "1").await;
+    exec.wait_done().await;
+    drivers_idle(&cp).await;
+    assert_eq!(plugin_calls(&cp, "testkit", "release"), 1);
+    let s = exec.snapshot();
+    assert_eq!(s.status, Status::Success, "{s:?}");
+    (serde_json::from_slice(&s.output.unwrap().body).unwrap(), plugin_instances(&cp, "testkit") - before)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quick_attempt_runs_dispatch_poll_and_release_on_one_instance() {
+    let (seen, instances) = one_attempt_on_instances(Config::default(), 10).await;
+    assert_eq!(seen, json!({"callsOnInstance": 2}), "the poll ran on the dispatch's instance");
+    assert_eq!(instances, 1, "dispatch, poll and release shared one instance");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_wait_keeps_no_instance() {
+    // 1 s is past the hold window: the instance is dropped while the attempt waits.
+    let (seen, instances) = one_attempt_on_instances(Config::default(), 1000).await;
+    assert_eq!(seen, json!({"callsOnInstance": 1}), "the poll ran on a fresh instance");
+    assert_eq!(instances, 2, "one for the dispatch, one for the poll and the release after it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_instance_is_kept_when_the_pool_is_short() {
+    // One slot: keeping it would leave less than half the pool free.
+    let mut config = Config::default();
+    config.plugin.instances = 1;
+    let (seen, instances) = one_attempt_on_instances(config, 10).await;
+    assert_eq!(seen, json!({"callsOnInstance": 1}));
+    assert_eq!(instances, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_ends_pending_work_at_once_and_releases_it() {
+    let cp = control_plane(Config::default()).await;
+    testkit(&cp, "long", json!({"behavior": "pending", "pollAfterMs": 1000}), |_| {}).await;
+    let exec = submit(&cp, "long", "1").await;
+    while exec.pending().is_none() {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    assert!(cp.cancel(&exec, "changed my mind").await);
+    assert_eq!(started.elapsed(), Duration::ZERO, "no wait for a poll or the deadline");
+    let s = exec.snapshot();
+    assert_eq!(s.status, Status::Cancelled);
+    assert_eq!(s.error.unwrap().message, "changed my mind");
+    drivers_idle(&cp).await;
+    assert_eq!(plugin_calls(&cp, "testkit", "release"), 1, "the pending work was released");
+    assert_eq!(plugin_calls(&cp, "testkit", "poll"), 0);
+    assert!(!cp.cancel(&exec, "again").await, "a terminal execution stays as it ended");
+    assert_eq!(exec.snapshot().error.unwrap().message, "changed my mind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn executions_keep_the_version_they_were_accepted_with() {
+    let cp = control_plane(Config::default()).await;
+    let config = |polls: u32| json!({"behavior": "pending", "pollAfterMs": 100, "completeAfterPolls": polls});
+    testkit(&cp, "versioned", config(3), |_| {}).await;
+    let old = submit(&cp, "versioned", "1").await;
+    while old.pending().is_none() {
+        tokio::task::yield_now().await;
+    }
+    let mut spec = cp.registry().get("versioned").unwrap().spec.clone();
+    spec.dispatcher_config = Some(config(1));
+    let updated = cp.update(spec, Some(1)).await.unwrap();
+    assert_eq!(updated.version, Some(2));
+    let new = submit(&cp, "versioned", "1").await;
+    old.wait_done().await;
+    new.wait_done().await;
+    assert_eq!(old.function.spec.version, Some(1));
+    assert_eq!(old.snapshot().output.unwrap().body.as_ref(), br#"{"polls":3}"#, "ran on version 1");
+    assert_eq!(new.function.spec.version, Some(2));
+    assert_eq!(new.snapshot().output.unwrap().body.as_ref(), br#"{"polls":1}"#, "ran on version 2");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_wake_up_polls_at_once() {
     let cp = control_plane(Config::default()).await;

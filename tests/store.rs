@@ -10,7 +10,7 @@ use nanofaas::execution::{
 };
 use nanofaas::function::FunctionSpec;
 use nanofaas::store::{
-    self, Event, KeyRecord, Limit, Location, ProcessRecord, Store, StoreError, TakeOver, Write, Written,
+    self, Event, KeyRecord, Limit, Location, ProcessRecord, Replaced, Store, StoreError, TakeOver, Write, Written,
 };
 use nanofaas_test_support::postgres::Postgres;
 
@@ -256,8 +256,21 @@ async fn functions_and_secret(under: Under) {
     assert!(!store.create_function(&spec("a")).await.unwrap(), "a taken name is refused");
     let mut changed = spec("a");
     changed.timeout_ms = Some(1234);
-    store.put_function(&changed).await.unwrap();
-    store.put_function(&spec("b")).await.unwrap();
+    assert_eq!(store.put_function(&changed).await.unwrap(), 2, "the version counts changes");
+    assert_eq!(store.put_function(&spec("b")).await.unwrap(), 1);
+    changed.version = Some(2);
+    assert_eq!(store.function("a").await.unwrap(), Some(changed.clone()));
+    // Replacing checks the version it was made against, in one step.
+    let mut replaced = changed.clone();
+    replaced.timeout_ms = Some(99);
+    assert_eq!(store.replace_function(&replaced, Some(1)).await.unwrap(), Replaced::Changed(2));
+    assert_eq!(store.function("a").await.unwrap(), Some(changed.clone()), "a refused change changes nothing");
+    assert_eq!(store.replace_function(&replaced, Some(2)).await.unwrap(), Replaced::Done(3));
+    assert_eq!(store.replace_function(&replaced, None).await.unwrap(), Replaced::Done(4));
+    assert_eq!(store.replace_function(&spec("zz"), None).await.unwrap(), Replaced::Missing);
+    assert!(store.function("zz").await.unwrap().is_none());
+    changed = replaced;
+    changed.version = Some(4);
     assert_eq!(store.function("a").await.unwrap(), Some(changed.clone()));
     let names: Vec<_> = store.functions().await.unwrap().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["a", "b"]);
@@ -418,6 +431,11 @@ async fn postgres_shares_admission_slots_and_events() {
     assert_eq!(a.write(admit("e3")).await.unwrap(), Written::Inserted);
     // Registrations are announced too.
     a.create_function(&spec("g")).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("an event").unwrap();
+    assert_eq!(event, Event::Function("g".into()));
+    // And so are updates: the other replicas re-read the function.
+    assert_eq!(a.replace_function(&spec("g"), Some(7)).await.unwrap(), Replaced::Changed(1));
+    assert_eq!(a.replace_function(&spec("g"), Some(1)).await.unwrap(), Replaced::Done(2));
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("an event").unwrap();
     assert_eq!(event, Event::Function("g".into()));
 }

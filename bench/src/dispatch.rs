@@ -11,7 +11,7 @@ use bytes::Bytes;
 use nanofaas::capability::Capabilities;
 use nanofaas::config::PluginLimits;
 use nanofaas::metrics::Metrics;
-use nanofaas::plugin::{Catalog, Failure, FunctionView, Invocation, Outcome, Output, Plugins};
+use nanofaas::plugin::{Catalog, Failure, FunctionView, Held, Invocation, Outcome, Output, Plugins};
 
 use crate::load::verdict;
 use crate::stats::{Summary, summarize, us};
@@ -85,7 +85,7 @@ pub async fn measure(iterations: usize) -> anyhow::Result<Dispatch> {
     let mut base = Vec::with_capacity(iterations);
     for i in 0..warmup + iterations {
         let t = Instant::now();
-        let out = plugins.dispatch(&echo, &inv, input.clone()).await;
+        let out = plugins.dispatch(&echo, &inv, input.clone(), &mut Held::default()).await;
         let d = t.elapsed();
         assert!(matches!(out, Ok(Ok(Outcome::Done(Ok(_))))), "echo dispatch failed: {out:?}");
         let t = Instant::now();
@@ -106,7 +106,7 @@ pub async fn measure(iterations: usize) -> anyhow::Result<Dispatch> {
         let (plugins, echo, inv, input) = (plugins.clone(), echo.clone(), inv.clone(), input.clone());
         handles.push(tokio::spawn(async move {
             for _ in 0..iterations / tasks {
-                let out = plugins.dispatch(&echo, &inv, input.clone()).await;
+                let out = plugins.dispatch(&echo, &inv, input.clone(), &mut Held::default()).await;
                 assert!(matches!(out, Ok(Ok(Outcome::Done(Ok(_))))));
             }
         }));

@@ -11,6 +11,7 @@ mod functions;
 pub mod guard;
 mod internal;
 mod invoke;
+mod plugins;
 
 use std::time::Duration;
 
@@ -24,7 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
-pub use error::{ApiError, truncate};
+pub use error::{ApiError, ErrorBody, ErrorDetail, truncate};
+pub use executions::{ExecutionView, NotRetained, ResultView};
+pub use invoke::{Accepted, InvocationResponse};
+pub use plugins::PluginView;
 
 use crate::control_plane::ControlPlane;
 
@@ -33,8 +37,12 @@ pub fn router(cp: ControlPlane) -> Router {
     let limit = cp.config().max_body_bytes;
     Router::new()
         .route("/v1/functions", post(functions::register).get(functions::list))
-        .route("/v1/functions/{name}", get(functions::get).delete(functions::delete).post(invoke::action))
-        .route("/v1/executions/{id}", get(executions::get))
+        .route(
+            "/v1/functions/{name}",
+            get(functions::get).put(functions::update).delete(functions::delete).post(invoke::action),
+        )
+        .route("/v1/executions/{id}", get(executions::get).post(executions::action))
+        .route("/v1/plugins", get(plugins::list))
         .route("/v1/internal/executions/{id}", post(internal::action))
         .route("/v1/internal/executions/{id}/input", get(internal::input))
         .fallback(not_found)
@@ -165,20 +173,23 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Api
     }
 }
 
-/// `X-Trace-Id`: 1 to 128 of `[A-Za-z0-9._:-]`.
-fn trace_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = header(headers, "x-trace-id")? else { return Ok(None) };
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+/// `X-Trace-Id`: 1 to 128 of `[A-Za-z0-9._:-]`. Anything else (an X-Ray header, a blank one,
+/// bytes that are not text) is what a proxy or SDK may add on its own, so it is not the caller's
+/// mistake: the id is replaced by a generated one, and the replacement is logged.
+fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get("x-trace-id")?;
+    let value = raw.to_str().map(str::trim).unwrap_or_default();
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
     if !ok {
-        return Err(ApiError::bad_request(
-            "INVALID_HEADER",
-            "X-Trace-Id",
-            "X-Trace-Id must be 1 to 128 letters, digits, `.`, `_`, `-` or `:`",
-        ));
+        tracing::info!(
+            header = %String::from_utf8_lossy(&raw.as_bytes()[..raw.len().min(160)]),
+            "X-Trace-Id is not 1 to 128 of [A-Za-z0-9._:-]; a generated trace id replaces it"
+        );
+        return None;
     }
-    Ok(Some(v.to_string()))
+    Some(value.to_string())
 }
 
 /// `X-Timeout-Ms`: 1 to the host's maximum.
@@ -195,10 +206,10 @@ fn timeout(headers: &HeaderMap, max: Duration) -> Result<Option<Duration>, ApiEr
     }
 }
 
-/// `Idempotency-Key`: 1 to 255 visible ASCII characters.
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters; a blank one means none.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = header(headers, "idempotency-key")? else { return Ok(None) };
-    if v.is_empty() || v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+    let Some(v) = header(headers, "idempotency-key")?.filter(|v| !v.is_empty()) else { return Ok(None) };
+    if v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::bad_request(
             "INVALID_HEADER",
             "Idempotency-Key",

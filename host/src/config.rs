@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::ValueEnum;
 
 use crate::store::Location;
 
@@ -235,27 +235,6 @@ impl Config {
     }
 }
 
-/// `nanofaas`: a function-as-a-service control plane with WebAssembly dispatcher plugins.
-#[derive(Debug, Parser)]
-#[command(name = "nanofaas", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Serve the HTTP API (and the admin endpoints) until interrupted.
-    Serve(Box<ServeArgs>),
-    /// List the plugins this binary would load, with their capabilities, and exit.
-    Plugins {
-        #[arg(long, env = "NANOFAAS_PLUGIN_DIR")]
-        plugin_dir: Option<PathBuf>,
-        #[arg(long = "grant", env = "NANOFAAS_GRANTS", value_delimiter = ';')]
-        grants: Vec<String>,
-    },
-}
-
 /// Flags of `nanofaas serve`; each also reads a `NANOFAAS_*` environment variable.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -446,11 +425,21 @@ impl From<ServeArgs> for Config {
 mod tests {
     use super::*;
 
+    /// `serve`'s flags, parsed on their own.
+    #[derive(Debug, clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        use clap::Parser;
+        Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|s| Config::from(s.args))
+    }
+
     #[test]
     fn flags_default_to_the_table() {
-        let cli = Cli::try_parse_from(["nanofaas", "serve"]).expect("parses");
-        let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        let config = Config::from(*args);
+        let config = parse(&[]).expect("parses");
         let default = Config::default();
         assert_eq!(config.listen, default.listen);
         assert_eq!(config.admin_listen.port(), 8081);
@@ -465,9 +454,7 @@ mod tests {
 
     #[test]
     fn flags_override_defaults() {
-        let cli = Cli::try_parse_from([
-            "nanofaas",
-            "serve",
+        let config = parse(&[
             "--listen",
             "0.0.0.0:9000",
             "--max-body-bytes",
@@ -480,13 +467,11 @@ mod tests {
             "memory:",
         ])
         .expect("parses");
-        let Command::Serve(args) = cli.command else { panic!("serve expected") };
-        let config = Config::from(*args);
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.max_body_bytes, 10);
         assert_eq!(config.grants, ["mine=http", "other=process"]);
         assert_eq!(config.store, Location::Memory);
-        assert!(Cli::try_parse_from(["nanofaas", "serve", "--store", "mysql://x"]).is_err());
+        assert!(parse(&["--store", "mysql://x"]).is_err());
     }
 
     #[test]

@@ -20,12 +20,12 @@ use crate::capability::{Capabilities, Capability, Wake};
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, RetryPolicy, Start};
 use crate::execution::{ErrorInfo, ErrorKind, Execution, Finish, FinishedBy, Input, Output, Status};
-use crate::function::{Function, FunctionSpec, Registry, SpecError};
+use crate::function::{DEPLOYMENT_DISPATCHER, ExecutionMode, Function, FunctionSpec, Registry, SpecError};
 use crate::ledger::{Accepted, Ledger, Restore, Retention};
 use crate::metrics::Metrics;
 use crate::plugin::{Catalog, Invocation, PluginFault, Plugins};
 use crate::queue::FunctionQueue;
-use crate::store::{Store, StoreError};
+use crate::store::{Replaced, Store, StoreError};
 use crate::token::TokenKey;
 
 pub use crate::ledger::{Attach, IdempotencyConflict, SubmitError, SubmitOptions, new_trace_id};
@@ -62,6 +62,12 @@ pub enum RegisterError {
     /// The name is taken.
     #[error("function `{0}` already exists")]
     Conflict(String),
+    /// An update of a function that does not exist.
+    #[error("function `{0}` not found")]
+    NotFound(String),
+    /// An update made against a version that is no longer the current one.
+    #[error("function `{name}` is at version {current}, not {expected}: it changed since it was read")]
+    VersionMismatch { name: String, expected: u64, current: u64 },
     /// The store could not record the function.
     #[error("the function could not be recorded: {0}")]
     Store(#[from] StoreError),
@@ -262,6 +268,18 @@ impl ControlPlane {
         let spec = spec.resolve(self.0.config.max_timeout)?;
         let dispatcher = spec.dispatcher.clone().expect("resolve sets the dispatcher");
         let Some(plugin) = self.plugins().get(&dispatcher).cloned() else {
+            if spec.execution_mode == Some(ExecutionMode::Deployment) && dispatcher == DEPLOYMENT_DISPATCHER {
+                return Err(SpecError::new(
+                    "executionMode",
+                    format!(
+                        "DEPLOYMENT needs a `{DEPLOYMENT_DISPATCHER}` dispatcher, which this host has not loaded; \
+                         use POOL with an `endpointUrl` (a warm endpoint you run), REMOTE (a Kubernetes Job per \
+                         invocation) or LOCAL, or name a `dispatcher` (loaded: {})",
+                        self.dispatchers().join(", ")
+                    ),
+                )
+                .into());
+            }
             return Err(RegisterError::UnknownDispatcher { name: dispatcher, available: self.dispatchers() });
         };
         // The pod policy, where the spec already says what the Job will run as.
@@ -282,10 +300,11 @@ impl ControlPlane {
     /// Registers a function: validation, then the store (which refuses a taken name across
     /// replicas), then this host's registry.
     pub async fn register(&self, spec: FunctionSpec) -> Result<FunctionSpec, RegisterError> {
-        let spec = self.validate(spec).await?;
+        let mut spec = self.validate(spec).await?;
         if self.registry().get(&spec.name).is_some() || !self.store().create_function(&spec).await? {
             return Err(RegisterError::Conflict(spec.name));
         }
+        spec.version = Some(1);
         let function = self.function_of(spec.clone());
         if self.store().info().durable {
             // The store decided (across replicas); the registry follows it.
@@ -300,13 +319,40 @@ impl ControlPlane {
     /// Registers or replaces a function (the functions file at start). Returns whether anything
     /// changed.
     pub async fn apply(&self, spec: FunctionSpec) -> Result<bool, RegisterError> {
-        let spec = self.validate(spec).await?;
-        if self.registry().get(&spec.name).is_some_and(|f| f.spec == spec) {
+        let mut spec = self.validate(spec).await?;
+        if self.registry().get(&spec.name).is_some_and(|f| f.spec.same_definition(&spec)) {
             return Ok(false);
         }
-        self.store().put_function(&spec).await?;
+        spec.version = Some(self.store().put_function(&spec).await?);
         self.registry().put(self.function_of(spec));
         Ok(true)
+    }
+
+    /// Replaces a function in one step: validated like a registration, then swapped in if it is
+    /// still at version `expected` (any, when `None`); an identical definition is left as it is. Executions already accepted keep the
+    /// version they were accepted with, and its queue; new ones get the new version.
+    pub async fn update(&self, spec: FunctionSpec, expected: Option<u64>) -> Result<FunctionSpec, RegisterError> {
+        let mut spec = self.validate(spec).await?;
+        let name = spec.name.clone();
+        // The same definition again changes nothing, not even the version (`fn apply` of an
+        // unchanged file).
+        if let Some(current) = self.registry().get(&name)
+            && current.spec.same_definition(&spec)
+            && expected.is_none_or(|v| current.spec.version == Some(v))
+        {
+            return Ok(current.spec.clone());
+        }
+        match self.store().replace_function(&spec, expected).await? {
+            Replaced::Done(version) => spec.version = Some(version),
+            Replaced::Missing => return Err(RegisterError::NotFound(name)),
+            Replaced::Changed(current) => {
+                let expected = expected.unwrap_or_default();
+                return Err(RegisterError::VersionMismatch { name, expected, current });
+            }
+        }
+        self.registry().put(self.function_of(spec.clone()));
+        tracing::info!(function = %name, version = spec.version.unwrap_or_default(), "function updated");
+        Ok(spec)
     }
 
     /// Removes a function. Its executions in flight finish normally.
@@ -421,6 +467,18 @@ impl ControlPlane {
     /// Ends an execution (see [`Ledger::finish`]).
     pub async fn finish(&self, exec: &Execution, finish: Finish, by: FinishedBy) -> bool {
         self.0.ledger.finish(exec, finish, by).await
+    }
+
+    /// Cancels an execution that has not ended: it ends as `cancelled` (recorded in the store
+    /// first when it is durable), and its driver — here or on the replica that holds it — lets
+    /// go of the remote work through the plugin's `release` (a process group killed, a request
+    /// aborted, a Job deleted). `false` when it had already ended; `exec` then shows how.
+    pub async fn cancel(&self, exec: &Execution, reason: &str) -> bool {
+        let cancelled = self.finish(exec, Finish::Cancelled(reason.to_string()), FinishedBy::Cancel).await;
+        if cancelled {
+            tracing::info!(execution_id = %exec.id, function = %exec.function.name(), reason, "execution cancelled");
+        }
+        cancelled
     }
 
     /// Applies a completion callback whose token was already checked.

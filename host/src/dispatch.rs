@@ -26,12 +26,17 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::execution::{ErrorKind, Execution, Finish, FinishedBy, PendingWork, Status};
 use crate::ledger::Ledger;
-use crate::plugin::{Failure, Invocation, Outcome, Plugin, Plugins, ReleaseReason};
+use crate::plugin::{Failure, Held, Invocation, Outcome, Plugin, Plugins, ReleaseReason};
 use crate::queue::Admission;
 use crate::token::TokenKey;
 
 /// Shortest wait between polls, whatever the plugin asks for.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long an attempt may keep its plugin instance while it waits for its next poll. A pool
+/// request answers well within it, so dispatch → poll → release run on one instance; a longer
+/// wait (a Job, a callback) drops the instance and holds no memory while it waits.
+const HOLD_WINDOW: Duration = Duration::from_millis(50);
 
 /// The failure code of an attempt that died with the host process that ran it.
 pub const HOST_RESTARTED: &str = "HOST_RESTARTED";
@@ -156,11 +161,13 @@ impl Dispatcher {
             trace_id = %exec.trace_id,
         );
         async {
+            // The attempt's instance, kept for its release when the attempt was quick.
+            let mut held = Held::default();
             let ended = tokio::select! {
                 biased;
                 () = exec.wait_done() => None,
                 () = sleep_until(exec.deadline) => Some((Finish::Timeout, FinishedBy::Deadline)),
-                ended = self.attempts(&exec, admission, start) => ended,
+                ended = self.attempts(&exec, admission, start, &mut held) => ended,
             };
             if let Some((finish, by)) = ended {
                 Box::pin(self.ledger.finish(&exec, finish, by)).await;
@@ -171,7 +178,8 @@ impl Dispatcher {
                 caps.hand_over(&exec.id);
                 return;
             }
-            self.release(&exec, None).await;
+            self.release(&exec, None, &mut held).await;
+            held.clear();
             // Whatever the plugin did or did not clean up, nothing the execution started outlives it.
             caps.release_owner(&exec.id);
         }
@@ -180,7 +188,14 @@ impl Dispatcher {
     }
 
     /// The attempts of an execution; `None` when it ended (or was lost) without them deciding.
-    async fn attempts(&self, exec: &Execution, admission: Admission, start: Start) -> Option<(Finish, FinishedBy)> {
+    /// `held` is left with the last attempt's instance when it may still be kept.
+    async fn attempts(
+        &self,
+        exec: &Execution,
+        admission: Admission,
+        start: Start,
+        held: &mut Held,
+    ) -> Option<(Finish, FinishedBy)> {
         let Some(_slot) = Box::pin(self.ledger.slot(exec, admission)).await else {
             // Another replica drives it now.
             exec.detach();
@@ -195,7 +210,7 @@ impl Dispatcher {
             Start::Fresh => (0, None),
             Start::Resume(work) => {
                 tracing::info!(attempt = work.attempt, handle = %work.handle, "execution resumed");
-                (work.attempt, Some(self.follow(exec, &plugin, work.attempt, work.handle).await))
+                (work.attempt, Some(self.follow(exec, &plugin, work.attempt, work.handle, held).await))
             }
             Start::Restarted { attempt } => {
                 let message = "the host process running this attempt stopped".to_string();
@@ -215,13 +230,15 @@ impl Dispatcher {
                         self.ledger_metrics_retry(exec);
                     }
                     tracing::debug!(attempt, "attempt started");
-                    self.attempt_once(exec, &plugin, attempt).await
+                    self.attempt_once(exec, &plugin, attempt, held).await
                 }
             };
             let failure = match step {
                 Step::Finished(finish) => return Some((finish, FinishedBy::Plugin)),
                 Step::Retry(failure) => failure,
             };
+            // The next attempt starts on a fresh instance.
+            held.clear();
             let give_up = |why: &str| {
                 let message = format!("{} ({why} after attempt {attempt})", failure.message);
                 Some((Finish::error(ErrorKind::Platform, failure.code.clone(), message), FinishedBy::Plugin))
@@ -243,24 +260,31 @@ impl Dispatcher {
     }
 
     /// Dispatches one attempt and follows it while it is pending.
-    async fn attempt_once(&self, exec: &Execution, plugin: &Plugin, attempt: u32) -> Step {
+    async fn attempt_once(&self, exec: &Execution, plugin: &Plugin, attempt: u32, held: &mut Held) -> Step {
         let inv = self.invocation(exec, attempt);
-        let step = Box::pin(self.plugins.dispatch(plugin, &inv, exec.input.body.clone())).await;
+        let step = Box::pin(self.plugins.dispatch(plugin, &inv, exec.input.body.clone(), held)).await;
         match self.outcome(exec, step).await {
             Ok(step) => step,
             Err((handle, poll_after)) => {
                 self.pending(exec, &handle, attempt).await;
-                self.wait_poll(exec, poll_after).await;
-                self.follow(exec, plugin, attempt, handle).await
+                self.wait_poll(exec, poll_after, held).await;
+                self.follow(exec, plugin, attempt, handle, held).await
             }
         }
     }
 
     /// Polls pending work until it yields a step.
-    async fn follow(&self, exec: &Execution, plugin: &Plugin, attempt: u32, mut handle: String) -> Step {
+    async fn follow(
+        &self,
+        exec: &Execution,
+        plugin: &Plugin,
+        attempt: u32,
+        mut handle: String,
+        held: &mut Held,
+    ) -> Step {
         loop {
             let inv = self.invocation(exec, attempt);
-            let step = Box::pin(self.plugins.poll(plugin, &inv, &handle)).await;
+            let step = Box::pin(self.plugins.poll(plugin, &inv, &handle, held)).await;
             match self.outcome(exec, step).await {
                 Ok(step) => return step,
                 Err((next, poll_after)) => {
@@ -268,7 +292,7 @@ impl Dispatcher {
                         self.pending(exec, &next, attempt).await;
                         handle = next;
                     }
-                    self.wait_poll(exec, poll_after).await;
+                    self.wait_poll(exec, poll_after, held).await;
                 }
             }
         }
@@ -283,7 +307,7 @@ impl Dispatcher {
         match step {
             Err(fault) => Ok(Step::Finished(Finish::error(ErrorKind::Platform, "PLUGIN_FAULT", fault.message))),
             Ok(Err(failure)) if failure.retryable => {
-                self.release(exec, Some(ReleaseReason::Cancelled)).await;
+                self.release(exec, Some(ReleaseReason::Cancelled), &mut Held::default()).await;
                 Ok(Step::Retry(failure))
             }
             Ok(Err(failure)) => Ok(Step::Finished(Finish::error(ErrorKind::Platform, failure.code, failure.message))),
@@ -299,16 +323,26 @@ impl Dispatcher {
         Box::pin(self.ledger.set_pending(exec, PendingWork { handle: handle.to_string(), attempt, resumable })).await;
     }
 
-    async fn wait_poll(&self, exec: &Execution, poll_after: Option<Duration>) {
-        let wait = poll_after.unwrap_or(self.safety_poll).max(MIN_POLL_INTERVAL);
+    /// Waits for the next poll: `poll_after` or a wake-up. The instance in `held` is kept for at
+    /// most [`HOLD_WINDOW`] of that wait, and only while the pool has room to spare.
+    async fn wait_poll(&self, exec: &Execution, poll_after: Option<Duration>, held: &mut Held) {
+        let until = Instant::now() + poll_after.unwrap_or(self.safety_poll).max(MIN_POLL_INTERVAL);
+        if held.is_live() && self.plugins.can_hold() {
+            let window = until.min(Instant::now() + HOLD_WINDOW);
+            tokio::select! {
+                () = sleep_until(window) => if window == until { return },
+                () = exec.woken() => return,
+            }
+        }
+        held.clear();
         tokio::select! {
-            () = sleep(wait) => {}
+            () = sleep_until(until) => {}
             () = exec.woken() => {}
         }
     }
 
     /// Hands pending work back to the plugin. `reason` defaults to what the terminal state says.
-    async fn release(&self, exec: &Execution, reason: Option<ReleaseReason>) {
+    async fn release(&self, exec: &Execution, reason: Option<ReleaseReason>, held: &mut Held) {
         let Some(work) = self.ledger.take_pending(exec) else { return };
         let Some(plugin) = self.plugins.get(exec.function.dispatcher()).cloned() else { return };
         let reason = reason.unwrap_or(match exec.status() {
@@ -318,7 +352,7 @@ impl Dispatcher {
         });
         let inv = self.invocation(exec, work.attempt);
         // A fault here is counted and logged by the plugin runtime; the execution's result stands.
-        let _ = Box::pin(self.plugins.release(&plugin, &inv, &work.handle, reason)).await;
+        let _ = Box::pin(self.plugins.release(&plugin, &inv, &work.handle, reason, held)).await;
     }
 }
 

@@ -2,10 +2,12 @@
 //!
 //! The spec keeps the fields of nanofaas v1 (`image`, `command`, `env`, `resources`, `timeoutMs`,
 //! `concurrency`, `queueSize`, `maxRetries`, `endpointUrl`, `executionMode`, `runtimeMode`,
-//! `runtimeCommand`) and adds `dispatcher` (a plugin name) and `dispatcherConfig` (a JSON object
-//! the plugin validates). A registered [`Function`] is the resolved spec (every default filled
-//! in), the plugin that runs it and its admission queue; it never changes after registration,
-//! so executions keep the snapshot they started with even if the function is deleted.
+//! `runtimeCommand`, `scalingConfig`, `imagePullSecrets`) and adds `dispatcher` (a plugin name)
+//! and `dispatcherConfig` (a JSON object the plugin validates). An explicit `null` is the same as
+//! an absent field, as the reference client sends every field. A registered [`Function`] is the resolved spec (every default filled
+//! in), the plugin that runs it and its admission queue; it never changes: an update registers a
+//! new `Function` (the next `version`), so executions keep the snapshot they were accepted with
+//! even if the function is updated or deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -37,7 +39,12 @@ pub enum ExecutionMode {
     Pool,
     /// A Kubernetes Job per invocation → `k8s-job`.
     Remote,
+    /// The reference's managed warm Deployment → a `deployment` plugin, when one is loaded.
+    Deployment,
 }
+
+/// The dispatcher `executionMode: DEPLOYMENT` maps to.
+pub const DEPLOYMENT_DISPATCHER: &str = "deployment";
 
 impl ExecutionMode {
     pub fn dispatcher(self) -> &'static str {
@@ -45,6 +52,7 @@ impl ExecutionMode {
             ExecutionMode::Local => "echo",
             ExecutionMode::Pool => "pool",
             ExecutionMode::Remote => "k8s-job",
+            ExecutionMode::Deployment => DEPLOYMENT_DISPATCHER,
         }
     }
 
@@ -53,6 +61,7 @@ impl ExecutionMode {
             ExecutionMode::Local => "LOCAL",
             ExecutionMode::Pool => "POOL",
             ExecutionMode::Remote => "REMOTE",
+            ExecutionMode::Deployment => "DEPLOYMENT",
         }
     }
 
@@ -61,6 +70,7 @@ impl ExecutionMode {
             "echo" => Some(ExecutionMode::Local),
             "pool" => Some(ExecutionMode::Pool),
             "k8s-job" | "job-poll" => Some(ExecutionMode::Remote),
+            DEPLOYMENT_DISPATCHER => Some(ExecutionMode::Deployment),
             _ => None,
         }
     }
@@ -89,6 +99,10 @@ pub struct ResourceSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FunctionSpec {
     pub name: String,
+    /// Set by the host: 1 at registration, one more at each change. Sent back on an update, it
+    /// is the version the change was made against (as `If-Match` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     #[serde(default)]
@@ -113,10 +127,30 @@ pub struct FunctionSpec {
     pub runtime_mode: Option<RuntimeMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_command: Option<String>,
+    /// The reference's autoscaling settings: kept and shown, used by no built-in dispatcher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling_config: Option<serde_json::Value>,
+    /// Secrets the pods of Kubernetes dispatchers pull their image with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<String>>,
     #[serde(default)]
     pub dispatcher: Option<String>,
     #[serde(default)]
     pub dispatcher_config: Option<serde_json::Value>,
+}
+
+/// Whether a dispatcher runs the function in Kubernetes pods (and so uses `imagePullSecrets`).
+fn runs_pods(dispatcher: &str) -> bool {
+    matches!(ExecutionMode::of_dispatcher(dispatcher), Some(ExecutionMode::Remote | ExecutionMode::Deployment))
+}
+
+/// Whether `name` is a Kubernetes object name (a DNS subdomain).
+fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// A spec that cannot be registered: which field, and why.
@@ -240,11 +274,57 @@ impl FunctionSpec {
         }
         self.execution_mode = self.execution_mode.or(ExecutionMode::of_dispatcher(&dispatcher));
         self.dispatcher = Some(dispatcher);
+        if let Some(scaling) = &self.scaling_config
+            && !scaling.is_object()
+        {
+            return Err(SpecError::new("scalingConfig", "must be a JSON object"));
+        }
+        for (i, secret) in self.image_pull_secrets.iter().flatten().enumerate() {
+            if !valid_object_name(secret) {
+                return Err(SpecError::new(
+                    format!("imagePullSecrets[{i}]"),
+                    format!("`{secret}` is not a Kubernetes Secret name"),
+                ));
+            }
+        }
         match self.dispatcher_config.get_or_insert_with(|| serde_json::json!({})) {
             serde_json::Value::Object(_) => {}
             _ => return Err(SpecError::new("dispatcherConfig", "must be a JSON object")),
         }
         Ok(self)
+    }
+
+    /// Whether two specs define the same function, whatever their versions.
+    pub fn same_definition(&self, other: &FunctionSpec) -> bool {
+        FunctionSpec { version: None, ..self.clone() } == FunctionSpec { version: None, ..other.clone() }
+    }
+
+    /// What a resolved spec asks for that its dispatcher will not do: accepted, and said so.
+    pub fn warnings(&self) -> Vec<String> {
+        let dispatcher = self.dispatcher.as_deref().unwrap_or_default();
+        let mut warnings = Vec::new();
+        if self.scaling_config.is_some() && dispatcher != DEPLOYMENT_DISPATCHER {
+            warnings.push(format!(
+                "scalingConfig is ignored: dispatcher `{dispatcher}` starts work per invocation and does not scale replicas"
+            ));
+        }
+        if self.image_pull_secrets.as_ref().is_some_and(|s| !s.is_empty()) && !runs_pods(dispatcher) {
+            warnings.push(format!("imagePullSecrets is ignored: dispatcher `{dispatcher}` runs no pods"));
+        }
+        warnings
+    }
+
+    /// The plugin's `config`: `dispatcherConfig`, with `imagePullSecrets` for the dispatchers
+    /// that run pods (unless the config names its own).
+    fn plugin_config(&self) -> String {
+        let mut config = self.dispatcher_config.clone().unwrap_or_else(|| serde_json::json!({}));
+        let secrets = self.image_pull_secrets.as_ref().filter(|s| !s.is_empty());
+        if let (Some(secrets), serde_json::Value::Object(map)) = (secrets, &mut config)
+            && runs_pods(self.dispatcher.as_deref().unwrap_or_default())
+        {
+            map.entry("imagePullSecrets").or_insert_with(|| serde_json::json!(secrets));
+        }
+        config.to_string()
     }
 
     /// The plugin's view of a resolved spec.
@@ -258,7 +338,7 @@ impl FunctionSpec {
             memory: self.resources.as_ref().and_then(|r| r.memory.clone()),
             timeout_ms: self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
             endpoint_url: self.endpoint_url.clone(),
-            config: self.dispatcher_config.as_ref().map_or_else(|| "{}".to_string(), |v| v.to_string()),
+            config: self.plugin_config(),
         }
     }
 }
@@ -437,5 +517,66 @@ mod tests {
         assert_eq!(v.cpu.as_deref(), Some("250m"));
         assert_eq!(v.timeout_ms, 1000);
         assert_eq!(v.config, r#"{"k":1}"#);
+    }
+
+    /// The body the reference client's `fn apply` sends: every field, `null` when unset.
+    const REFERENCE_BODY: &str = r#"{"name":"hello","image":"ghcr.io/acme/hello:1","command":null,"env":null,
+        "resources":null,"timeoutMs":null,"concurrency":null,"queueSize":null,"maxRetries":null,
+        "endpointUrl":null,"executionMode":"POOL","runtimeMode":null,"runtimeCommand":null,
+        "scalingConfig":null,"imagePullSecrets":null}"#;
+
+    #[test]
+    fn explicit_nulls_are_absent_fields() {
+        let with_nulls = spec(REFERENCE_BODY).unwrap();
+        let without = spec(r#"{"name":"hello","image":"ghcr.io/acme/hello:1","executionMode":"POOL"}"#).unwrap();
+        assert_eq!(with_nulls, without);
+        assert!(with_nulls.warnings().is_empty());
+        let s = spec(r#"{"name":"a","executionMode":"LOCAL","dispatcherConfig":null}"#).unwrap();
+        assert_eq!(s.dispatcher_config, Some(serde_json::json!({})));
+    }
+
+    #[test]
+    fn scaling_config_is_kept_and_ignored_with_a_warning() {
+        let body = REFERENCE_BODY.replace(
+            r#""scalingConfig":null"#,
+            r#""scalingConfig":{"strategy":"INTERNAL","minReplicas":1,"maxReplicas":3,"metrics":null}"#,
+        );
+        let s = spec(&body).unwrap();
+        assert_eq!(s.scaling_config.as_ref().unwrap()["maxReplicas"], 3);
+        let warnings = s.warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].starts_with("scalingConfig is ignored"), "{warnings:?}");
+        assert!(!s.view().config.contains("scaling"), "plugins do not see it");
+        let e = spec(r#"{"name":"a","executionMode":"LOCAL","scalingConfig":3}"#).unwrap_err();
+        assert_eq!(e.field, "scalingConfig");
+    }
+
+    #[test]
+    fn image_pull_secrets_reach_the_pod_dispatchers_only() {
+        let job =
+            spec(r#"{"name":"a","dispatcher":"k8s-job","imagePullSecrets":["regcred"],"dispatcherConfig":{"x":1}}"#)
+                .unwrap();
+        assert!(job.warnings().is_empty());
+        let config: serde_json::Value = serde_json::from_str(&job.view().config).unwrap();
+        assert_eq!(config, serde_json::json!({"x": 1, "imagePullSecrets": ["regcred"]}));
+        // The config's own list wins.
+        let own = spec(
+            r#"{"name":"a","dispatcher":"job-poll","imagePullSecrets":["a"],"dispatcherConfig":{"imagePullSecrets":["b"]}}"#,
+        )
+        .unwrap();
+        assert!(own.view().config.contains(r#"["b"]"#));
+        let pool = spec(r#"{"name":"a","executionMode":"POOL","imagePullSecrets":["regcred"]}"#).unwrap();
+        assert_eq!(pool.view().config, "{}");
+        assert!(pool.warnings()[0].starts_with("imagePullSecrets is ignored"));
+        let e = spec(r#"{"name":"a","imagePullSecrets":["ok","Not_A_Name"]}"#).unwrap_err();
+        assert_eq!(e.field, "imagePullSecrets[1]");
+    }
+
+    #[test]
+    fn deployment_mode_maps_to_the_deployment_dispatcher() {
+        let s = spec(r#"{"name":"a","executionMode":"DEPLOYMENT"}"#).unwrap();
+        assert_eq!(s.dispatcher.as_deref(), Some(DEPLOYMENT_DISPATCHER));
+        let e = spec(r#"{"name":"a","executionMode":"DEPLOYMENT","dispatcher":"pool"}"#).unwrap_err();
+        assert_eq!(e.field, "executionMode");
     }
 }

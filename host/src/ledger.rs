@@ -110,12 +110,19 @@ pub struct SubmitOptions {
     pub asynchronous: bool,
 }
 
-/// What makes two requests "the same" for an idempotency key.
+/// What makes two requests "the same" for an idempotency key: the content type, the metadata
+/// and the input — for JSON its value (keys in any order, any whitespace), otherwise its bytes.
 pub fn fingerprint(input: &Input) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(input.content_type.as_bytes());
     h.update([0]);
-    h.update(&input.body);
+    let json = (input.content_type == "application/json")
+        .then(|| serde_json::from_slice::<serde_json::Value>(&input.body).ok())
+        .flatten();
+    match json {
+        Some(value) => hash_json(&mut h, &value),
+        None => h.update(&input.body),
+    }
     for (k, v) in &input.metadata {
         h.update([0]);
         h.update(k.as_bytes());
@@ -123,6 +130,34 @@ pub fn fingerprint(input: &Input) -> [u8; 32] {
         h.update(v.as_bytes());
     }
     h.finalize().into()
+}
+
+/// Feeds a JSON value to `h` in one canonical form: object keys sorted, no whitespace.
+fn hash_json(h: &mut Sha256, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            h.update(b"{");
+            for (key, value) in entries {
+                h.update(serde_json::to_string(key).expect("a string serializes").as_bytes());
+                h.update(b":");
+                hash_json(h, value);
+                h.update(b",");
+            }
+            h.update(b"}");
+        }
+        Value::Array(items) => {
+            h.update(b"[");
+            for item in items {
+                hash_json(h, item);
+                h.update(b",");
+            }
+            h.update(b"]");
+        }
+        scalar => h.update(scalar.to_string().as_bytes()),
+    }
 }
 
 /// A new trace id: 32 lower-case hex digits (W3C trace-id shaped).
@@ -449,7 +484,9 @@ impl Ledger {
     pub async fn finish(&self, exec: &Execution, finish: Finish, by: FinishedBy) -> bool {
         let Some(terminal) = exec.claim(finish, by) else { return false };
         if exec.is_durable() {
-            let epoch = (by != FinishedBy::Callback).then(|| exec.epoch());
+            // A callback or a cancel ends the execution whoever drives it; the driver's own
+            // ends (its plugin, its deadline) stand only while it still holds it.
+            let epoch = (!matches!(by, FinishedBy::Callback | FinishedBy::Cancel)).then(|| exec.epoch());
             let write = Write::Settle {
                 id: exec.id.clone(),
                 function: exec.function.name().to_string(),

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod capability;
+pub mod cli;
 pub mod config;
 pub mod control_plane;
 pub mod dispatch;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nanofaas::config::{Cli, Command, Config};
+use nanofaas::cli::{self, Cli, Command, PluginsCommand};
+use nanofaas::config::Config;
 use nanofaas::{Listeners, bootstrap, run, telemetry};
 
 /// mimalloc: per-thread free lists and pages it reuses rather than glibc's per-thread arenas
@@ -14,17 +15,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Serve(args) => serve(Config::from(*args)).await,
-        Command::Plugins { plugin_dir, grants } => list_plugins(Config { plugin_dir, grants, ..Config::default() }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nanofaas: {e:#}");
-            ExitCode::FAILURE
+        Command::Serve(args) => done(serve(Config::from(*args)).await),
+        Command::Fn(args) => cli::functions(args).await,
+        Command::Invoke(args) => cli::invoke(args).await,
+        Command::Exec(args) => cli::executions(args).await,
+        Command::Plugins(PluginsCommand::List(args)) => cli::plugins(args).await,
+        Command::Plugins(PluginsCommand::Check { plugin_dir, grants }) => {
+            check_plugins(Config { plugin_dir, grants, ..Config::default() })
         }
-    }
+        Command::Completions { shell } => {
+            cli::completions(shell);
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("nanofaas: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -33,7 +42,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     run(config, listeners, shutdown_signal()).await
 }
 
-fn list_plugins(config: Config) -> anyhow::Result<()> {
+/// Lists what this binary would load; fails when any file is refused.
+fn check_plugins(config: Config) -> anyhow::Result<ExitCode> {
     let _logging = telemetry::init(config.log_format, false);
     let (catalog, refused) = bootstrap::catalog(&config)?;
     for plugin in catalog.plugins() {
@@ -46,7 +56,10 @@ fn list_plugins(config: Config) -> anyhow::Result<()> {
     for e in &refused {
         println!("refused      {}: {}", e.what, e.reason);
     }
-    Ok(())
+    if !refused.is_empty() {
+        anyhow::bail!("{} plugin file(s) refused", refused.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ctrl-C or SIGTERM.

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub plugin_call_duration: HistogramVec,
     /// Plugin calls that failed with `PLUGIN_FAULT`, by plugin, call and kind.
     pub plugin_faults: IntCounterVec,
+    /// Plugin instances created, by plugin (an attempt's calls may share one).
+    pub plugin_instances: IntCounterVec,
     /// Completion callbacks by outcome (`accepted`, `duplicate`, `late`, `rejected`).
     pub callbacks: IntCounterVec,
     /// Finished executions evicted after their retention.
@@ -144,13 +146,18 @@ impl Metrics {
             ),
             plugin_call_duration: histogram(
                 "nanofaas_plugin_call_duration_seconds",
-                "Duration of one plugin call (fresh instance included).",
+                "Duration of one plugin call (instantiation included when the call needs a fresh instance).",
                 &["plugin", "call"],
             ),
             plugin_faults: counter(
                 "nanofaas_plugin_faults_total",
                 "Plugin calls that failed with PLUGIN_FAULT.",
                 &["plugin", "call", "kind"],
+            ),
+            plugin_instances: counter(
+                "nanofaas_plugin_instances_total",
+                "Plugin instances created (an attempt's dispatch, poll and release may share one).",
+                &["plugin"],
             ),
             callbacks: counter("nanofaas_callbacks_total", "Completion callbacks by outcome.", &["outcome"]),
             evicted: counter(

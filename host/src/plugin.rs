@@ -3,7 +3,8 @@
 //! [`Catalog`] owns the one wasmtime `Engine` and every plugin compiled once and
 //! pre-instantiated (`InstancePre`); it is expensive to build and cheap to share. [`Plugins`]
 //! calls them on behalf of one host: each call gets a fresh `Store` and instance from the pooling
-//! allocator, behind a semaphore no larger than the pool, and is bounded three ways: CPU by an
+//! allocator — or the one a [`Held`] kept from the same attempt's previous call — behind a
+//! semaphore no larger than the pool, and is bounded three ways: CPU by an
 //! epoch deadline (1 ms ticks that yield to tokio, interrupt after the budget), wall clock by an
 //! outer timeout (it also covers time spent in host capabilities), memory by a store limiter.
 //! Whatever a plugin does — trap, loop, allocate without bound, return nonsense — fails that one
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -239,10 +240,51 @@ impl wasmtime_wasi::WasiView for HostState {
 /// Plugin calls on behalf of one host.
 pub struct Plugins {
     catalog: Arc<Catalog>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+    /// The size of `permits`.
+    slots: usize,
     limits: PluginLimits,
     caps: Arc<Capabilities>,
     metrics: Metrics,
+}
+
+/// An instance kept between the calls of one attempt (dispatch, then the poll and release that
+/// follow soon after), with its pool slot. Empty by default; dropping it frees the slot. It never
+/// outlives the attempt, so no state is shared between attempts or executions.
+#[derive(Default)]
+pub struct Held(Option<Box<Live>>);
+
+impl Held {
+    /// Whether it holds an instance.
+    pub fn is_live(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Drops the instance and frees its slot.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+pub(crate) struct Live {
+    store: Store<HostState>,
+    /// `None` until instantiated (or when instantiation failed).
+    instance: Option<bindings::Dispatcher>,
+    stderr: MemoryOutputPipe,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Live {
+    /// Readies a kept instance for its next call: that call's context and fresh budgets.
+    fn renew(&mut self, ctx: CallContext, limits: &PluginLimits) {
+        let state = self.store.data_mut();
+        state.ctx = ctx;
+        state.ticks_left = limits.cpu_budget_ticks;
+        state.log_budget = limits.log_budget;
+        state.payload_budget = limits.payload_bytes;
+        state.handle_budget = HANDLE_BUDGET;
+        self.store.set_epoch_deadline(1);
+    }
 }
 
 /// Payload handles a guest may create in one call.
@@ -252,8 +294,14 @@ impl Plugins {
     pub fn new(catalog: Arc<Catalog>, limits: PluginLimits, caps: Arc<Capabilities>, metrics: Metrics) -> Self {
         // Never more instances in flight than the pool has slots: past that, instantiation
         // fails instead of waiting.
-        let permits = limits.instances.min(catalog.pool_size).max(1) as usize;
-        Self { catalog, permits: Semaphore::new(permits), limits, caps, metrics }
+        let slots = limits.instances.min(catalog.pool_size).max(1) as usize;
+        Self { catalog, permits: Arc::new(Semaphore::new(slots)), slots, limits, caps, metrics }
+    }
+
+    /// Whether an instance may be kept between two calls of an attempt: only while at least half
+    /// of the pool is free, so kept instances never make other calls wait for a slot.
+    pub fn can_hold(&self) -> bool {
+        self.permits.available_permits() * 2 >= self.slots
     }
 
     pub fn capabilities(&self) -> &Arc<Capabilities> {
@@ -275,21 +323,23 @@ impl Plugins {
     /// `validate` at registration: `Ok(Err(reason))` when the plugin refuses the spec.
     pub async fn validate(&self, plugin: &Plugin, spec: &FunctionView) -> Result<Result<(), String>, PluginFault> {
         let spec = bindings::to_spec(spec);
-        self.call(plugin, "validate", CallContext::default(), async |store, inst| {
+        self.call(plugin, "validate", CallContext::default(), &mut Held::default(), async |store, inst| {
             inst.nanofaas_dispatcher_strategy().call_validate(store, &spec).await
         })
         .await
     }
 
-    /// `dispatch`: starts one attempt with `input` as the payload.
+    /// `dispatch`: starts one attempt with `input` as the payload. The instance is left in
+    /// `held` for the attempt's next call (and dropped with it).
     pub async fn dispatch(
         &self,
         plugin: &Plugin,
         inv: &Invocation,
         input: Bytes,
+        held: &mut Held,
     ) -> Result<Result<Outcome, Failure>, PluginFault> {
         let wit_inv = bindings::to_invocation(inv);
-        self.call(plugin, "dispatch", CallContext::for_invocation(inv), async |store, inst| {
+        self.call(plugin, "dispatch", CallContext::for_invocation(inv), held, async |store, inst| {
             let input = store.data_mut().table.push(Payload(input))?;
             let borrowed = wasmtime::component::Resource::new_borrow(input.rep());
             let result = inst.nanofaas_dispatcher_strategy().call_dispatch(&mut *store, &wit_inv, borrowed).await?;
@@ -305,9 +355,10 @@ impl Plugins {
         plugin: &Plugin,
         inv: &Invocation,
         handle: &str,
+        held: &mut Held,
     ) -> Result<Result<Outcome, Failure>, PluginFault> {
         let wit_inv = bindings::to_invocation(inv);
-        self.call(plugin, "poll", CallContext::for_invocation(inv), async |store, inst| {
+        self.call(plugin, "poll", CallContext::for_invocation(inv), held, async |store, inst| {
             let result = inst.nanofaas_dispatcher_strategy().call_poll(&mut *store, &wit_inv, handle).await?;
             bindings::from_step(store, result)
         })
@@ -321,34 +372,54 @@ impl Plugins {
         inv: &Invocation,
         handle: &str,
         reason: ReleaseReason,
+        held: &mut Held,
     ) -> Result<(), PluginFault> {
         let wit_inv = bindings::to_invocation(inv);
         let reason = bindings::to_reason(reason);
-        self.call(plugin, "release", CallContext::for_invocation(inv), async |store, inst| {
+        self.call(plugin, "release", CallContext::for_invocation(inv), held, async |store, inst| {
             inst.nanofaas_dispatcher_strategy().call_release(store, &wit_inv, handle, reason).await
         })
         .await
     }
 
-    /// One bounded call on a fresh instance.
+    /// One bounded call, on the instance `held` kept for `plugin` or on a fresh one. A call that
+    /// succeeds leaves its instance in `held`; one that fails drops it (a trapped or interrupted
+    /// instance is never entered again).
     async fn call<T>(
         &self,
         plugin: &Plugin,
         call: &'static str,
         ctx: CallContext,
+        held: &mut Held,
         f: impl AsyncFnOnce(&mut Store<HostState>, &bindings::Dispatcher) -> wasmtime::Result<T>,
     ) -> Result<T, PluginFault> {
-        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        let mut live = match held.0.take().filter(|live| *live.store.data().plugin == *plugin.name) {
+            Some(mut live) => {
+                live.renew(ctx, &self.limits);
+                live
+            }
+            None => {
+                let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let stderr = MemoryOutputPipe::new(self.limits.stderr_bytes);
+                let store = self.new_store(plugin, ctx, stderr.clone());
+                Box::new(Live { store, instance: None, stderr, _permit: permit })
+            }
+        };
         let started = Instant::now();
-        let stderr = MemoryOutputPipe::new(self.limits.stderr_bytes);
-        let mut store = self.new_store(plugin, ctx, stderr.clone());
+        let Live { store, instance, .. } = &mut *live;
         let result = tokio::time::timeout(self.limits.call_timeout, async {
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|e| HostAbort::error(FaultKind::Instantiate, format!("cannot instantiate: {e:#}")))?;
-            f(&mut store, &instance).await
+            let instance = match instance {
+                Some(instance) => &*instance,
+                None => {
+                    self.metrics.plugin_instances.with_label_values(&[plugin.name.as_str()]).inc();
+                    let fresh =
+                        plugin.pre.instantiate_async(&mut *store).await.map_err(|e| {
+                            HostAbort::error(FaultKind::Instantiate, format!("cannot instantiate: {e:#}"))
+                        })?;
+                    &*instance.insert(fresh)
+                }
+            };
+            f(store, instance).await
         })
         .await;
         self.metrics
@@ -356,7 +427,10 @@ impl Plugins {
             .with_label_values(&[plugin.name.as_str(), call])
             .observe(started.elapsed().as_secs_f64());
         let (fault, detail) = match result {
-            Ok(Ok(value)) => return Ok(value),
+            Ok(Ok(value)) => {
+                held.0 = Some(live);
+                return Ok(value);
+            }
             Ok(Err(error)) => classify(&error),
             Err(_) => {
                 let message = format!("{call} did not finish within {} ms", self.limits.call_timeout.as_millis());
@@ -364,11 +438,11 @@ impl Plugins {
             }
         };
         self.metrics.plugin_faults.with_label_values(&[plugin.name.as_str(), call, fault.kind.as_str()]).inc();
-        let stderr = String::from_utf8_lossy(&stderr.contents()).trim().to_string();
+        let stderr = String::from_utf8_lossy(&live.stderr.contents()).trim().to_string();
         tracing::warn!(
             plugin = %plugin.name,
             call,
-            execution_id = store.data().ctx.execution_id.as_deref().unwrap_or(""),
+            execution_id = live.store.data().ctx.execution_id.as_deref().unwrap_or(""),
             kind = %fault.kind,
             error = %fault.message,
             detail = %detail,

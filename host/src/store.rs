@@ -198,6 +198,17 @@ pub enum Written {
     Slot(bool),
 }
 
+/// What replacing a function did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    /// Replaced; the new version.
+    Done(u64),
+    /// No function has that name.
+    Missing,
+    /// The function is at another version than the one expected: this one.
+    Changed(u64),
+}
+
 /// Which unfinished executions a replica takes over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TakeOver {
@@ -257,16 +268,21 @@ pub trait Store: Send + Sync + 'static {
     /// A live idempotency key.
     async fn key(&self, function: &str, key: &str) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Every registered function.
+    /// Every registered function, each with its `version`.
     async fn functions(&self) -> Result<Vec<FunctionSpec>, StoreError>;
 
     async fn function(&self, name: &str) -> Result<Option<FunctionSpec>, StoreError>;
 
-    /// Registers a function unless the name is taken; returns whether it was created.
+    /// Registers a function unless the name is taken; returns whether it was created (at
+    /// version 1). The spec's own `version` is ignored: the store keeps the count.
     async fn create_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError>;
 
-    /// Registers or replaces a function.
-    async fn put_function(&self, spec: &FunctionSpec) -> Result<(), StoreError>;
+    /// Registers or replaces a function; returns its new version.
+    async fn put_function(&self, spec: &FunctionSpec) -> Result<u64, StoreError>;
+
+    /// Replaces an existing function in one step, if it is at version `expected` (at any
+    /// version when `None`).
+    async fn replace_function(&self, spec: &FunctionSpec, expected: Option<u64>) -> Result<Replaced, StoreError>;
 
     /// Returns whether the function existed.
     async fn delete_function(&self, name: &str) -> Result<bool, StoreError>;

@@ -32,6 +32,8 @@ pub struct Config {
     pub deadline_margin_seconds: u32,
     pub service_account_name: Option<String>,
     pub image_pull_policy: Option<String>,
+    /// Secrets the pod pulls its images with (the spec's `imagePullSecrets` arrive here).
+    pub image_pull_secrets: Vec<String>,
     /// Milliseconds between safety polls (k8s-job) or the cap of the poll backoff (job-poll).
     pub poll_interval_ms: u32,
     /// How long the runtime keeps trying the callback before it exits (`None`: until the
@@ -50,6 +52,7 @@ impl Default for Config {
             deadline_margin_seconds: 5,
             service_account_name: None,
             image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
             poll_interval_ms: 5000,
             callback_budget_ms: None,
         }
@@ -207,6 +210,9 @@ pub fn manifest(f: &Function, a: &Attempt, input: Input, config: &Config) -> Val
     }
     if let Some(sa) = &config.service_account_name {
         pod["serviceAccountName"] = sa.clone().into();
+    }
+    if !config.image_pull_secrets.is_empty() {
+        pod["imagePullSecrets"] = config.image_pull_secrets.iter().map(|name| json!({"name": name})).collect();
     }
     // Rounded up, plus a margin: the host's deadline is the one that decides.
     let active_deadline = a.remaining_ms.div_ceil(1000).max(1) + u64::from(config.deadline_margin_seconds);
@@ -397,6 +403,11 @@ mod tests {
             .iter()
             .any(|e| e["name"] == "INPUT_URL" && e["value"] == "http://h/v1/internal/executions/x/input");
         assert!(has_url);
+        assert!(pod.get("imagePullSecrets").is_none());
+
+        let config = Config::parse(r#"{"imagePullSecrets":["regcred","mirror"]}"#).unwrap();
+        let m = manifest(&f, &a, Input::Fetch, &config);
+        assert_eq!(m["spec"]["template"]["spec"]["imagePullSecrets"], json!([{"name": "regcred"}, {"name": "mirror"}]));
     }
 
     #[test]

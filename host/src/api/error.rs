@@ -1,12 +1,16 @@
 //! The API's one error type and its one conversion to a response.
 //!
-//! Every error is JSON: `{"error": {"code": "...", "message": "...", "field": "..."}}` with a
-//! stable upper-case `code`, a message for humans and, for invalid input, the field at fault.
+//! Every error is JSON: `{"error": {"code": "...", "message": "...", "field": "..."}, "message":
+//! "..."}` with a stable upper-case `code`, a message for humans and, for invalid input, the field
+//! at fault. The top-level `message` repeats the message for clients of the reference nanofaas,
+//! which read `message` beside `error`.
 //! Internal errors are logged with their detail and answered with a generic message.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::control_plane::{RegisterError, SubmitError};
 
@@ -35,26 +39,34 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Methods of the route, for 405.
     pub allow: Option<&'static str>,
+    /// The execution's state, when it is what the request conflicts with (409).
+    pub state: Option<&'static str>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// An error as it travels: what the server writes and the CLI reads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+    #[serde(default)]
+    pub message: Cow<'a, str>,
+    /// The execution's state, when that is what the request conflicts with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Cow<'a, str>>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail<'a> {
+    pub code: Cow<'a, str>,
+    pub message: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<Cow<'a, str>>,
 }
 
 impl ApiError {
     /// An error; a message longer than [`MAX_MESSAGE`] is cut (inputs are never echoed whole).
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         let message = truncate(&message.into(), MAX_MESSAGE);
-        Self { status, code, message, field: None, retry_after: None, allow: None }
+        Self { status, code, message, field: None, retry_after: None, allow: None, state: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -96,7 +108,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { error: Detail { code: self.code, message: &self.message, field: self.field.as_deref() } };
+        let detail = ErrorDetail {
+            code: Cow::Borrowed(self.code),
+            message: Cow::Borrowed(&self.message),
+            field: self.field.as_deref().map(Cow::Borrowed),
+        };
+        let body =
+            ErrorBody { error: detail, message: Cow::Borrowed(&self.message), status: self.state.map(Cow::Borrowed) };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -123,6 +141,10 @@ impl From<RegisterError> for ApiError {
             RegisterError::Refused { .. } => ApiError::bad_request("DISPATCHER_REFUSED", "dispatcherConfig", message),
             RegisterError::Fault(_) => ApiError::new(StatusCode::BAD_GATEWAY, "PLUGIN_FAULT", message),
             RegisterError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "FUNCTION_EXISTS", message),
+            RegisterError::NotFound(_) => ApiError::not_found("FUNCTION_NOT_FOUND", message),
+            RegisterError::VersionMismatch { .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH", message).field("If-Match")
+            }
             RegisterError::Store(e) => ApiError::store(e),
         }
     }

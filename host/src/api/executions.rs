@@ -1,9 +1,13 @@
-//! `GET /v1/executions/{id}` and the JSON rendering of an execution's result.
+//! `GET /v1/executions/{id}`, `POST /v1/executions/{id}:cancel`, and the JSON rendering of an
+//! execution's result.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use base64::Engine as _;
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::guard::{Caller, require};
@@ -12,32 +16,33 @@ use crate::auth::Scope;
 use crate::control_plane::ControlPlane;
 use crate::execution::{DroppedOutput, ErrorInfo, Execution, Output, Snapshot};
 
-/// The full record of an execution.
-#[derive(Serialize)]
+/// The full record of an execution. The server writes `output` as raw JSON (`O` is
+/// `Box<RawValue>`); a client reads it as a value.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct ExecutionView {
-    execution_id: String,
-    function: String,
-    dispatcher: String,
-    status: &'static str,
-    attempt: u32,
-    trace_id: String,
-    accepted_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
+pub struct ExecutionView<O = Box<RawValue>> {
+    pub execution_id: String,
+    pub function: String,
+    pub dispatcher: String,
+    pub status: Cow<'static, str>,
+    pub attempt: u32,
+    pub trace_id: String,
+    pub accepted_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
     #[serde(flatten)]
-    result: ResultView,
+    pub result: ResultView<O>,
 }
 
 /// `output` (+ how it is encoded when it is not JSON) and `error`.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct ResultView {
-    pub output: Option<Box<RawValue>>,
+pub struct ResultView<O = Box<RawValue>> {
+    pub output: Option<O>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_content_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_encoding: Option<&'static str>,
+    pub output_encoding: Option<Cow<'static, str>>,
     /// Instead of `output`, when it was over the retained-output cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_not_retained: Option<NotRetained>,
@@ -45,20 +50,20 @@ pub(super) struct ResultView {
 }
 
 /// What a reader gets of an output that was not retained.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct NotRetained {
-    code: &'static str,
-    message: String,
+pub struct NotRetained {
+    pub code: Cow<'static, str>,
+    pub message: String,
     #[serde(flatten)]
-    output: DroppedOutput,
+    pub output: DroppedOutput,
 }
 
 impl NotRetained {
     pub const CODE: &'static str = "OUTPUT_NOT_RETAINED";
 
     pub fn of(output: &DroppedOutput) -> Self {
-        Self { code: Self::CODE, message: Self::message(output), output: output.clone() }
+        Self { code: Cow::Borrowed(Self::CODE), message: Self::message(output), output: output.clone() }
     }
 
     pub fn message(output: &DroppedOutput) -> String {
@@ -91,7 +96,7 @@ impl ResultView {
             Ok(text) => (text.to_string(), None),
             Err(_) => (base64::engine::general_purpose::STANDARD.encode(body), Some("base64")),
         };
-        view.output_encoding = encoding;
+        view.output_encoding = encoding.map(Cow::Borrowed);
         view.output =
             Some(RawValue::from_string(serde_json::to_string(&text).expect("strings serialize")).expect("valid JSON"));
         view
@@ -109,7 +114,7 @@ impl ExecutionView {
             execution_id: exec.id.clone(),
             function: exec.function.name().to_string(),
             dispatcher: exec.function.dispatcher().to_string(),
-            status: s.status.as_str(),
+            status: Cow::Borrowed(s.status.as_str()),
             attempt: s.attempt,
             trace_id: exec.trace_id.clone(),
             accepted_at: rfc3339(exec.accepted_at),
@@ -127,6 +132,29 @@ pub(super) async fn get(
 ) -> Result<Json<ExecutionView>, ApiError> {
     let exec = cp.ledger().find(&id).await.map_err(ApiError::store)?.ok_or_else(|| unknown(&id))?;
     require(&cp, &grant, Scope::Invoke, exec.function.name())?;
+    Ok(Json(ExecutionView::of(&exec)))
+}
+
+/// `POST /v1/executions/{id}:cancel`: 200 with the final state; 409 with the state when the
+/// execution had already ended. Needs the `invoke` scope on its function.
+pub(super) async fn action(
+    State(cp): State<ControlPlane>,
+    Extension(grant): Caller,
+    PathParam(target): PathParam,
+) -> Result<Json<ExecutionView>, ApiError> {
+    let Some((id, "cancel")) = target.rsplit_once(':') else {
+        return Err(ApiError::not_found("NOT_FOUND", "use POST /v1/executions/{id}:cancel"));
+    };
+    let exec = cp.ledger().find(id).await.map_err(ApiError::store)?.ok_or_else(|| unknown(id))?;
+    require(&cp, &grant, Scope::Invoke, exec.function.name())?;
+    if !cp.cancel(&exec, "cancelled through the API").await {
+        let status = exec.status().as_str();
+        let message = format!("execution `{id}` has already ended: {status}");
+        return Err(ApiError {
+            state: Some(status),
+            ..ApiError::new(StatusCode::CONFLICT, "EXECUTION_ENDED", message)
+        });
+    }
     Ok(Json(ExecutionView::of(&exec)))
 }
 

@@ -5,6 +5,7 @@
 //! error) / 504 (timeout) with `{executionId, status, output, error}`; the execution itself is
 //! host-owned and goes on even if the client hangs up.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::extract::State;
@@ -31,7 +32,7 @@ pub(super) async fn action(
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let Some((name, action)) = target.rsplit_once(':') else {
-        return Err(method_not_allowed("GET, DELETE"));
+        return Err(method_not_allowed("GET, PUT, DELETE"));
     };
     require(&cp, &grant, Scope::Invoke, name)?;
     match action {
@@ -75,26 +76,28 @@ async fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes
         Attach::New(exec, _) => (exec, Status::Queued),
         Attach::Existing(exec) => (exec, exec.status()),
     };
-    let body = Json(Accepted { execution_id: &exec.id, status: status.as_str() });
+    let body = Json(Accepted { execution_id: Cow::Borrowed(&exec.id), status: Cow::Borrowed(status.as_str()) });
     let mut response = (StatusCode::ACCEPTED, body).into_response();
     set_execution_headers(&mut response, &exec.id, true);
     Ok(response)
 }
 
-#[derive(Serialize)]
+/// The answer to `:enqueue`.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Accepted<'a> {
-    execution_id: &'a str,
-    status: &'a str,
+pub struct Accepted<'a> {
+    pub execution_id: Cow<'a, str>,
+    pub status: Cow<'a, str>,
 }
 
-#[derive(Serialize)]
+/// The answer to a sync `:invoke` (`O` as in [`ResultView`]).
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct InvocationResponse<'a> {
-    execution_id: &'a str,
-    status: &'a str,
+pub struct InvocationResponse<'a, O = Box<RawValue>> {
+    pub execution_id: Cow<'a, str>,
+    pub status: Cow<'a, str>,
     #[serde(flatten)]
-    result: ResultView,
+    pub result: ResultView<O>,
 }
 
 #[derive(Deserialize)]
@@ -140,7 +143,7 @@ fn request(
     };
     // nanofaas v1 reads X-Timeout-Ms on sync calls only; here it narrows async deadlines too.
     let opts = SubmitOptions {
-        trace_id: super::trace_id(headers)?,
+        trace_id: super::trace_id(headers),
         idempotency_key: super::idempotency_key(headers)?,
         timeout: super::timeout(headers, cp.config().max_timeout)?,
         asynchronous,
@@ -173,8 +176,8 @@ fn finished(exec: &Execution, snapshot: Snapshot, wants_raw: bool) -> Response {
         }
         _ => {
             let body = InvocationResponse {
-                execution_id: &exec.id,
-                status: snapshot.status.as_str(),
+                execution_id: Cow::Borrowed(&exec.id),
+                status: Cow::Borrowed(snapshot.status.as_str()),
                 result: ResultView::of(&snapshot),
             };
             (status, Json(body)).into_response()

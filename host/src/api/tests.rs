@@ -195,8 +195,8 @@ async fn header_validation() {
         ("x-timeout-ms", "0"),
         ("x-timeout-ms", "60001"),
         ("x-timeout-ms", "soon"),
-        ("x-trace-id", "has space"),
-        ("idempotency-key", ""),
+        ("idempotency-key", "has space"),
+        ("idempotency-key", "k".repeat(256).as_str()),
     ] {
         let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, (name, value)], r#"{"input":1}"#).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}: {value}");
@@ -217,6 +217,41 @@ async fn header_validation() {
     let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": 1})).await;
     let exec = cp.ledger().get(r.body["executionId"].as_str().unwrap()).unwrap();
     assert_eq!(exec.trace_id.len(), 32, "generated when absent");
+}
+
+#[tokio::test]
+async fn odd_optional_headers_from_proxies_are_tolerated() {
+    let (cp, app) = app_with(Config::default()).await;
+    with_echo(&app, "echo").await;
+    let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let long = "t".repeat(129);
+    for value in [xray, "a/b", long.as_str(), "   ", "has space"] {
+        let headers = [JSON, ("x-trace-id", value), ("idempotency-key", "  ")];
+        let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &headers, r#"{"input":1}"#).await;
+        assert_eq!(r.status, StatusCode::OK, "{value}: {:?}", r.body);
+        let exec = cp.ledger().get(r.body["executionId"].as_str().unwrap()).unwrap();
+        assert_eq!(exec.trace_id.len(), 32, "{value}: replaced by a generated id");
+        assert!(exec.trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    // A blank Idempotency-Key is none: two requests make two executions.
+    assert_eq!(cp.ledger().len(), 5);
+}
+
+#[tokio::test]
+async fn idempotency_compares_the_json_value_not_its_bytes() {
+    let (cp, app) = app_with(Config::default()).await;
+    with_echo(&app, "echo").await;
+    let headers = [JSON, ("idempotency-key", "k-1")];
+    let first =
+        send(&app, Method::POST, "/v1/functions/echo:enqueue", &headers, r#"{"input":{"a":1,"b":[1,2]}}"#).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    let same = r#"{ "input" : { "b" : [ 1, 2 ], "a" : 1 } }"#;
+    let again = send(&app, Method::POST, "/v1/functions/echo:enqueue", &headers, same).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{:?}", again.body);
+    assert_eq!(again.body["executionId"], first.body["executionId"], "the same request");
+    let other = send(&app, Method::POST, "/v1/functions/echo:enqueue", &headers, r#"{"input":{"a":2}}"#).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", other.body);
+    assert_eq!(cp.ledger().len(), 1);
 }
 
 #[tokio::test]
@@ -530,7 +565,7 @@ async fn wrong_methods_bad_paths_and_huge_inputs_get_short_json_errors() {
     assert_eq!(r.headers["allow"], "POST");
     let r = send(&app, Method::POST, "/v1/functions/echo", &[JSON], "{}").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(r.headers["allow"], "GET, DELETE");
+    assert_eq!(r.headers["allow"], "GET, PUT, DELETE");
     let r = send(&app, Method::PUT, "/v1/executions/x", &[JSON], "{}").await;
     assert_eq!(
         (r.status, r.body["error"]["code"].clone()),
@@ -542,7 +577,7 @@ async fn wrong_methods_bad_paths_and_huge_inputs_get_short_json_errors() {
     let huge = json!({"name": "a".repeat(2 << 20)}).to_string();
     let r = send(&app, Method::POST, "/v1/functions", &[JSON], huge).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.raw.len() < 2048, "the error does not echo the input: {} bytes", r.raw.len());
+    assert!(r.raw.len() < 4096, "the error does not echo the input: {} bytes", r.raw.len());
 }
 
 #[tokio::test]
@@ -663,4 +698,91 @@ async fn request_bodies_held_at_once_are_bounded_by_bytes() {
     let _ = slow.await.unwrap();
     let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON, ("content-length", &len)], body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// What the reference nanofaas CLI sends for `fn apply` (Jackson writes every field, `null` when
+/// unset) and how it reads errors (`message` beside `error`).
+#[tokio::test]
+async fn the_reference_clients_bodies_are_accepted() {
+    let (_, app) = app().await;
+    let body = r#"{"name":"hello","image":"ghcr.io/acme/hello:1","command":null,"env":null,"resources":null,
+        "timeoutMs":5000,"concurrency":null,"queueSize":null,"maxRetries":null,"endpointUrl":null,
+        "executionMode":"LOCAL","runtimeMode":null,"runtimeCommand":null,
+        "scalingConfig":{"strategy":"INTERNAL","minReplicas":1,"maxReplicas":4,"metrics":null},
+        "imagePullSecrets":null}"#;
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON], body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["dispatcher"], "echo");
+    assert_eq!(r.body["scalingConfig"]["maxReplicas"], 4, "kept and shown");
+    let warnings: Vec<_> = r.headers.get_all("warning").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("299 nanofaas \"scalingConfig is ignored"), "{warnings:?}");
+
+    // Its default mode, with no `deployment` plugin loaded: refused, naming the alternatives.
+    let body = r#"{"name":"web","image":"ghcr.io/acme/web:1","executionMode":"DEPLOYMENT","command":null}"#;
+    let r = send(&app, Method::POST, "/v1/functions", &[JSON], body).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["field"], "executionMode");
+    let message = r.body["message"].as_str().expect("a top-level message for the reference client");
+    assert_eq!(message, r.body["error"]["message"]);
+    for alternative in ["POOL", "REMOTE", "LOCAL", "dispatcher"] {
+        assert!(message.contains(alternative), "{message}");
+    }
+    let r = send(&app, Method::GET, "/v1/functions/web", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "nothing was registered");
+}
+
+#[tokio::test]
+async fn update_replaces_a_function_against_its_version() {
+    let (cp, app) = app().await;
+    let r = post_json(&app, "/v1/functions", json!({"name": "f", "executionMode": "LOCAL", "timeoutMs": 1000})).await;
+    assert_eq!((r.status, r.body["version"].clone()), (StatusCode::CREATED, json!(1)));
+    assert_eq!(r.headers["etag"], "\"1\"");
+    let before = cp.registry().get("f").unwrap();
+
+    let put = |headers: Vec<(&'static str, &'static str)>, body: Value| {
+        let app = app.clone();
+        async move {
+            let mut all = vec![JSON];
+            all.extend(headers);
+            send(&app, Method::PUT, "/v1/functions/f", &all, body.to_string()).await
+        }
+    };
+    let r = put(vec![("if-match", "\"1\"")], json!({"name": "f", "executionMode": "LOCAL", "timeoutMs": 2000})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((r.body["version"].clone(), r.body["timeoutMs"].clone()), (json!(2), json!(2000)));
+    assert_eq!(r.headers["etag"], "\"2\"");
+    assert_eq!(before.spec.timeout_ms, Some(1000), "what was registered before is untouched");
+    assert_eq!(cp.registry().get("f").unwrap().spec.version, Some(2));
+
+    // A change made against version 1 is refused and changes nothing.
+    let r = put(vec![("if-match", "\"1\"")], json!({"name": "f", "executionMode": "LOCAL", "timeoutMs": 3000})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::PRECONDITION_FAILED, json!("VERSION_MISMATCH"))
+    );
+    // The body's version counts when there is no If-Match (a GET edited and sent back).
+    let r = put(vec![], json!({"name": "f", "version": 1, "executionMode": "LOCAL", "timeoutMs": 3000})).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    let r = send(&app, Method::GET, "/v1/functions/f", &[], AxumBody::empty()).await;
+    assert_eq!((r.body["version"].clone(), r.body["timeoutMs"].clone()), (json!(2), json!(2000)));
+    assert_eq!(r.headers["etag"], "\"2\"");
+
+    // `*` and no precondition at all replace whatever is there.
+    let r = put(vec![("if-match", "*")], json!({"name": "f", "executionMode": "LOCAL", "timeoutMs": 4000})).await;
+    assert_eq!((r.status, r.body["version"].clone()), (StatusCode::OK, json!(3)));
+    let r = put(vec![], json!({"name": "f", "executionMode": "LOCAL"})).await;
+    assert_eq!((r.status, r.body["version"].clone()), (StatusCode::OK, json!(4)));
+
+    // Refusals name the problem and change nothing.
+    let r = put(vec![], json!({"name": "g", "executionMode": "LOCAL"})).await;
+    assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("name")));
+    let r = put(vec![("if-match", "soon")], json!({"name": "f", "executionMode": "LOCAL"})).await;
+    assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("If-Match")));
+    let r = put(vec![], json!({"name": "f", "executionMode": "LOCAL", "timeoutMs": 0})).await;
+    assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("timeoutMs")));
+    let r = send(&app, Method::PUT, "/v1/functions/nope", &[JSON], r#"{"name":"nope","executionMode":"LOCAL"}"#).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("FUNCTION_NOT_FOUND")));
+    assert_eq!(cp.registry().get("f").unwrap().spec.version, Some(4));
+    assert!(cp.registry().get("nope").is_none());
 }

@@ -1,6 +1,7 @@
 //! `memory:`: nothing survives the process. Executions live only in the host's own table (see
 //! `ledger`); this driver keeps just what the store contract must decide atomically for one
-//! process — idempotency keys, with their TTL on the host clock — and a random callback secret.
+//! process — idempotency keys, with their TTL on the host clock, the version of each function —
+//! and a random callback secret.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -9,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{Event, Info, KeyRecord, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written};
+use super::{
+    Event, Info, KeyRecord, Location, ProcessRecord, Replaced, Store, StoreError, TakeOver, TakenOver, Write, Written,
+};
 use crate::execution::Record;
 use crate::function::FunctionSpec;
 
@@ -23,6 +26,8 @@ struct Keys {
 pub struct MemoryStore {
     info: Info,
     keys: Mutex<Keys>,
+    /// The version of each registered function (the specs live in the host's registry).
+    versions: Mutex<HashMap<String, u64>>,
     secret: Vec<u8>,
 }
 
@@ -38,6 +43,7 @@ impl MemoryStore {
         Self {
             info: Info { location: Location::Memory, durable: false, shared: false },
             keys: Mutex::new(Keys::default()),
+            versions: Mutex::default(),
             secret,
         }
     }
@@ -116,17 +122,35 @@ impl Store for MemoryStore {
         Ok(None)
     }
 
-    async fn create_function(&self, _spec: &FunctionSpec) -> Result<bool, StoreError> {
-        // The host's own registry decides conflicts; nothing is kept here.
+    async fn create_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError> {
+        let mut versions = self.versions.lock().expect("versions lock");
+        if versions.contains_key(&spec.name) {
+            return Ok(false);
+        }
+        versions.insert(spec.name.clone(), 1);
         Ok(true)
     }
 
-    async fn put_function(&self, _spec: &FunctionSpec) -> Result<(), StoreError> {
-        Ok(())
+    async fn put_function(&self, spec: &FunctionSpec) -> Result<u64, StoreError> {
+        let mut versions = self.versions.lock().expect("versions lock");
+        let version = versions.entry(spec.name.clone()).and_modify(|v| *v += 1).or_insert(1);
+        Ok(*version)
     }
 
-    async fn delete_function(&self, _name: &str) -> Result<bool, StoreError> {
-        Ok(true)
+    async fn replace_function(&self, spec: &FunctionSpec, expected: Option<u64>) -> Result<Replaced, StoreError> {
+        let mut versions = self.versions.lock().expect("versions lock");
+        Ok(match versions.get_mut(&spec.name) {
+            None => Replaced::Missing,
+            Some(current) if expected.is_some_and(|e| e != *current) => Replaced::Changed(*current),
+            Some(current) => {
+                *current += 1;
+                Replaced::Done(*current)
+            }
+        })
+    }
+
+    async fn delete_function(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.versions.lock().expect("versions lock").remove(name).is_some())
     }
 
     async fn secret(&self) -> Result<Vec<u8>, StoreError> {

@@ -19,7 +19,8 @@ use tokio::sync::broadcast;
 use super::batch::{Batcher, Plan, ROWS_PER_STATEMENT, Sql};
 use super::rows::{self, EXECUTION_COLUMNS, UNFINISHED};
 use super::{
-    Event, Info, KeyRecord, Limit, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written,
+    Event, Info, KeyRecord, Limit, Location, ProcessRecord, Replaced, Store, StoreError, TakeOver, TakenOver, Write,
+    Written,
 };
 use crate::execution::Record;
 use crate::function::FunctionSpec;
@@ -517,15 +518,17 @@ impl Store for PostgresStore {
     }
 
     async fn functions(&self) -> Result<Vec<FunctionSpec>, StoreError> {
-        let specs: Vec<(String,)> =
-            sqlx::query_as("SELECT spec FROM functions ORDER BY name").fetch_all(&self.pool).await?;
-        specs.iter().map(|(s,)| rows::read_spec(s)).collect()
+        let specs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT spec, version FROM functions ORDER BY name").fetch_all(&self.pool).await?;
+        specs.iter().map(|(s, v)| rows::read_function(s, *v)).collect()
     }
 
     async fn function(&self, name: &str) -> Result<Option<FunctionSpec>, StoreError> {
-        let spec: Option<(String,)> =
-            sqlx::query_as("SELECT spec FROM functions WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
-        spec.map(|(s,)| rows::read_spec(&s)).transpose()
+        let spec: Option<(String, i64)> = sqlx::query_as("SELECT spec, version FROM functions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        spec.map(|(s, v)| rows::read_function(&s, v)).transpose()
     }
 
     async fn create_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError> {
@@ -546,21 +549,46 @@ impl Store for PostgresStore {
         Ok(created)
     }
 
-    async fn put_function(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
+    async fn put_function(&self, spec: &FunctionSpec) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let (version,): (i64,) = sqlx::query_as(
             "INSERT INTO functions (name, spec, version, updated_at_ms) VALUES ($1, $2, 1, $3) \
              ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, version = functions.version + 1, \
-             updated_at_ms = excluded.updated_at_ms",
+             updated_at_ms = excluded.updated_at_ms RETURNING version",
         )
         .bind(&spec.name)
         .bind(rows::spec_json(spec))
         .bind(rows::now_ms())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         notify(&mut tx, format!("n:{}", spec.name)).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(version as u64)
+    }
+
+    async fn replace_function(&self, spec: &FunctionSpec, expected: Option<u64>) -> Result<Replaced, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done: Option<(i64,)> = sqlx::query_as(
+            "UPDATE functions SET spec = $1, version = version + 1, updated_at_ms = $2 \
+             WHERE name = $3 AND ($4::BIGINT IS NULL OR version = $4) RETURNING version",
+        )
+        .bind(rows::spec_json(spec))
+        .bind(rows::now_ms())
+        .bind(&spec.name)
+        .bind(expected.map(|v| v as i64))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((version,)) = done else {
+            let current: Option<(i64,)> = sqlx::query_as("SELECT version FROM functions WHERE name = $1")
+                .bind(&spec.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            return Ok(current.map_or(Replaced::Missing, |(v,)| Replaced::Changed(v as u64)));
+        };
+        notify(&mut tx, format!("n:{}", spec.name)).await?;
+        tx.commit().await?;
+        Ok(Replaced::Done(version as u64))
     }
 
     async fn delete_function(&self, name: &str) -> Result<bool, StoreError> {

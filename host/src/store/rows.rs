@@ -214,12 +214,24 @@ where
 }
 
 /// A function spec as stored.
+/// A spec as stored: without its `version`, which has a column of its own.
 pub(super) fn spec_json(spec: &FunctionSpec) -> String {
-    serde_json::to_string(spec).expect("a spec serializes")
+    let mut value = serde_json::to_value(spec).expect("a spec serializes");
+    if let Some(map) = value.as_object_mut() {
+        map.remove("version");
+    }
+    value.to_string()
 }
 
 pub(super) fn read_spec(text: &str) -> Result<FunctionSpec, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt("function spec", &e.to_string()))
+}
+
+/// A row of `functions`: its spec and its version column.
+pub(super) fn read_function(text: &str, version: i64) -> Result<FunctionSpec, StoreError> {
+    let mut spec = read_spec(text)?;
+    spec.version = Some(version as u64);
+    Ok(spec)
 }
 
 pub(super) fn now_ms() -> i64 {

@@ -20,7 +20,9 @@ use tokio::sync::broadcast;
 
 use super::batch::{Batcher, Plan, ROWS_PER_STATEMENT, Sql};
 use super::rows::{self, EXECUTION_COLUMNS, UNFINISHED};
-use super::{Event, Info, KeyRecord, Location, ProcessRecord, Store, StoreError, TakeOver, TakenOver, Write, Written};
+use super::{
+    Event, Info, KeyRecord, Location, ProcessRecord, Replaced, Store, StoreError, TakeOver, TakenOver, Write, Written,
+};
 use crate::execution::Record;
 use crate::function::FunctionSpec;
 
@@ -383,15 +385,17 @@ impl Store for SqliteStore {
     }
 
     async fn functions(&self) -> Result<Vec<FunctionSpec>, StoreError> {
-        let specs: Vec<(String,)> =
-            sqlx::query_as("SELECT spec FROM functions ORDER BY name").fetch_all(&self.read).await?;
-        specs.iter().map(|(s,)| rows::read_spec(s)).collect()
+        let specs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT spec, version FROM functions ORDER BY name").fetch_all(&self.read).await?;
+        specs.iter().map(|(s, v)| rows::read_function(s, *v)).collect()
     }
 
     async fn function(&self, name: &str) -> Result<Option<FunctionSpec>, StoreError> {
-        let spec: Option<(String,)> =
-            sqlx::query_as("SELECT spec FROM functions WHERE name = ?").bind(name).fetch_optional(&self.read).await?;
-        spec.map(|(s,)| rows::read_spec(&s)).transpose()
+        let spec: Option<(String, i64)> = sqlx::query_as("SELECT spec, version FROM functions WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
+        spec.map(|(s, v)| rows::read_function(&s, v)).transpose()
     }
 
     async fn create_function(&self, spec: &FunctionSpec) -> Result<bool, StoreError> {
@@ -406,18 +410,40 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn put_function(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn put_function(&self, spec: &FunctionSpec) -> Result<u64, StoreError> {
+        let (version,): (i64,) = sqlx::query_as(
             "INSERT INTO functions (name, spec, version, updated_at_ms) VALUES (?, ?, 1, ?) \
              ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, version = functions.version + 1, \
-             updated_at_ms = excluded.updated_at_ms",
+             updated_at_ms = excluded.updated_at_ms RETURNING version",
         )
         .bind(&spec.name)
         .bind(rows::spec_json(spec))
         .bind(rows::now_ms())
-        .execute(&self.write)
+        .fetch_one(&self.write)
         .await?;
-        Ok(())
+        Ok(version as u64)
+    }
+
+    async fn replace_function(&self, spec: &FunctionSpec, expected: Option<u64>) -> Result<Replaced, StoreError> {
+        let done: Option<(i64,)> = sqlx::query_as(
+            "UPDATE functions SET spec = ?, version = version + 1, updated_at_ms = ? \
+             WHERE name = ? AND (? IS NULL OR version = ?) RETURNING version",
+        )
+        .bind(rows::spec_json(spec))
+        .bind(rows::now_ms())
+        .bind(&spec.name)
+        .bind(expected.map(|v| v as i64))
+        .bind(expected.map(|v| v as i64))
+        .fetch_optional(&self.write)
+        .await?;
+        if let Some((version,)) = done {
+            return Ok(Replaced::Done(version as u64));
+        }
+        let current: Option<(i64,)> = sqlx::query_as("SELECT version FROM functions WHERE name = ?")
+            .bind(&spec.name)
+            .fetch_optional(&self.write)
+            .await?;
+        Ok(current.map_or(Replaced::Missing, |(v,)| Replaced::Changed(v as u64)))
     }
 
     async fn delete_function(&self, name: &str) -> Result<bool, StoreError> {

@@ -13,6 +13,8 @@
 //! - `bad-utf8`, `empty-handle`, `bad-code`: results the contract does not allow.
 //! - `log-spam`, `payload-bomb`: going past the host's quotas.
 //! - `http`: GET `url` through the host's `http` capability; the output is `{"status": n}`.
+//! - `instance`: pending work (`pollAfterMs`); the first poll answers `{"callsOnInstance": n}`,
+//!   the number of calls this instance has served, so a test sees which calls shared one.
 //!
 //! `validate` refuses when `rejectValidate` is set and traps when `trapValidate` is true.
 
@@ -24,6 +26,14 @@ use nanofaas::dispatcher::types::{
     Failure, FunctionSpec, Invocation, Outcome, Output, Part, Payload, Pending, ReleaseReason,
 };
 use serde::Deserialize;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Calls served by this instance (`instance` behaviour).
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+fn count_call() -> u32 {
+    CALLS.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -73,6 +83,10 @@ impl Guest for Testkit {
         let c = config(&inv.function.config);
         match c.behavior.as_deref().unwrap_or("echo") {
             "echo" => Ok(echo(&inv, input)),
+            "instance" => {
+                count_call();
+                Ok(Outcome::Pending(Pending { handle: "i".into(), poll_after_ms: c.poll_after_ms }))
+            }
             "pending" => {
                 if c.log_token {
                     log(Level::Info, &format!("callback-token {} {}", inv.execution_id, inv.callback_token));
@@ -158,6 +172,9 @@ impl Guest for Testkit {
                 Some(Err(e)) => Err(Failure { code: "HTTP_FAILED".into(), message: format!("{e:?}"), retryable: false }),
             };
         }
+        if c.behavior.as_deref() == Some("instance") {
+            return Ok(done_json(&format!("{{\"callsOnInstance\":{}}}", count_call())));
+        }
         let polls: u32 = handle.trim_start_matches('h').parse().unwrap_or(0) + 1;
         log(Level::Debug, &format!("poll {polls} of {handle}"));
         match c.complete_after_polls {
@@ -167,7 +184,7 @@ impl Guest for Testkit {
     }
 
     fn release(_inv: Invocation, handle: String, reason: ReleaseReason) {
-        log(Level::Info, &format!("released {handle}: {reason:?}"));
+        log(Level::Info, &format!("released {handle}: {reason:?} (call {} on this instance)", count_call()));
     }
 }
 

@@ -1,0 +1,35 @@
+//! `GET /v1/plugins`: the dispatcher plugins this host has loaded.
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use crate::control_plane::ControlPlane;
+use crate::plugin::Source;
+
+/// One loaded plugin. A dropped-in plugin shows its file name, not the host's paths.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginView<'a> {
+    pub name: Cow<'a, str>,
+    /// `log` and the capabilities it was granted.
+    pub capabilities: Vec<String>,
+    /// `built-in`, or the `.wasm` file it was loaded from.
+    pub source: Cow<'a, str>,
+}
+
+pub(super) async fn list(State(cp): State<ControlPlane>) -> Json<Vec<PluginView<'static>>> {
+    let views = cp.plugins().catalog().plugins().map(|plugin| PluginView {
+        name: Cow::Owned(plugin.name.clone()),
+        capabilities: plugin.grants.to_string().split(',').map(str::to_string).collect(),
+        source: match &plugin.source {
+            Source::Builtin => Cow::Borrowed("built-in"),
+            Source::File(path) => {
+                Cow::Owned(path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()))
+            }
+        },
+    });
+    Json(views.collect())
+}
