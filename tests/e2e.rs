@@ -133,6 +133,14 @@ async fn a_dropped_in_plugin_serves_a_function() {
     let out =
         std::process::Command::new(binary()).args(["plugins", "check", "--plugin-dir", dir_arg]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // A grant for a plugin that has no file is a mistake, not a no-op.
+    let out = std::process::Command::new(binary())
+        .args(["plugins", "check", "--plugin-dir", dir_arg, "--grant", "uppercse=http"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no uppercse.wasm") && err.contains("uppercase"), "{err}");
 }
 
 /// The README's walkthrough: the example functions, served as the run command serves them,

@@ -16,6 +16,7 @@ use crate::plugin::{Catalog, LoadError};
 /// Refused files are logged and returned; they do not stop the host.
 pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Vec<LoadError>)> {
     let grants = grants(&config.grants)?;
+    check_grants(&grants, config.plugin_dir.as_deref())?;
     let mut builder = Catalog::builder(&config.plugin)?;
     builder.add_builtins()?;
     let mut refused = Vec::new();
@@ -23,6 +24,32 @@ pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Vec<LoadError>)> {
         refused = builder.add_dir(dir, &grants)?;
     }
     Ok((builder.build(), refused))
+}
+
+/// Refuses a grant for a plugin the plugin directory has no file for: a typo there would
+/// otherwise leave the plugin without the capability it was meant to get, silently.
+fn check_grants(grants: &BTreeMap<String, Grants>, dir: Option<&Path>) -> anyhow::Result<()> {
+    let Some(name) = grants.keys().next() else { return Ok(()) };
+    let Some(dir) = dir else {
+        anyhow::bail!("--grant {name}=…: grants are for plugins of --plugin-dir, and none is given");
+    };
+    let files: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the plugin directory {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    for name in grants.keys() {
+        if !files.contains(name) {
+            anyhow::bail!(
+                "--grant {name}=…: there is no {name}.wasm in {} (plugins there: {})",
+                dir.display(),
+                if files.is_empty() { "none".to_string() } else { files.join(", ") }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses `NAME=cap,cap` grants.
