@@ -163,6 +163,54 @@ async fn invocations_and_executions() {
     assert!(host.stop().await.unwrap().success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_local_process_while_it_runs_and_after() {
+    let host = Host::start(binary(), &[], &[]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let script = r#"echo 'line one' >&2; echo started >&2; while [ ! -e "$GATE" ]; do sleep 0.01; done; echo 'last words' >&2; cat"#;
+    let spec = json!({"name": "talks", "dispatcher": "local", "command": ["sh", "-c", script],
+                      "env": {"GATE": gate.to_str().unwrap()}, "timeoutMs": 30000});
+    let (status, body) = host.post("/v1/functions", spec).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = host.post("/v1/functions", json!({"name": "echo", "executionMode": "LOCAL"})).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    let out = cli(&host, &["invoke", "talks", "--async", "-d", "1"], "").await;
+    let id = stdout(&out).trim().to_string();
+    // While it runs (it waits for the gate), its stderr so far.
+    let mut seen = Value::Null;
+    for _ in 0..500 {
+        let (status, body) = host.get(&format!("/v1/executions/{id}/logs")).await.unwrap();
+        if status == 200 && body["logs"][0]["text"].as_str().is_some_and(|t| t.contains("started")) {
+            seen = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen["logs"][0]["source"], "process", "{seen}");
+    assert_eq!(seen["logs"][0]["text"], "line one\nstarted\n");
+    let (_, exec) = host.get(&format!("/v1/executions/{id}")).await.unwrap();
+    assert_eq!(exec["status"], "running");
+
+    std::fs::write(&gate, "").unwrap();
+    let out = cli(&host, &["exec", "get", &id, "--watch"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // After it ended, all of it, as the CLI prints it.
+    let out = cli(&host, &["exec", "logs", &id], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "line one\nstarted\nlast words\n");
+
+    // An execution that ran nothing with logs: a 404 that says why.
+    let (_, body) = host.post("/v1/functions/echo:invoke", json!({"input": 1})).await.unwrap();
+    let echo = body["executionId"].as_str().unwrap().to_string();
+    let out = cli(&host, &["exec", "logs", &echo], "").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("HTTP 404 LOGS_NOT_AVAILABLE"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("dispatcher `echo`"), "{}", stderr(&out));
+    assert!(host.stop().await.unwrap().success());
+}
+
 #[tokio::test]
 async fn completions_and_an_unreachable_server() {
     let out = tokio::process::Command::new(binary()).args(["completions", "bash"]).output().await.unwrap();

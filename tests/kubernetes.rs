@@ -185,6 +185,52 @@ async fn job_poll_recovers_the_output_when_no_callback_is_possible() {
     host.stop().await.unwrap();
 }
 
+/// An execution's pod logs are asked of the API server, with the permissions of
+/// `deploy/rbac.yaml`, while the pod exists. The test kubelet serves no logs: its pods name no
+/// node, for which the API server answers an empty log — but it answers (a missing `pods/log`
+/// permission would be a 403 in the entry's `error`). With a real kubelet the text comes back
+/// (`kubernetes_cluster.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_logs_are_asked_of_the_api_server_while_the_pod_exists() {
+    let ns = "k-logs";
+    let host = host_in(ns, true, &[]).await;
+    register(&host, job_function("slow", "k8s-job", &["python3", "-c", PY], 60_000, json!({}))).await;
+    let (status, body) = host.post("/v1/functions/slow:enqueue", json!({"input": {"sleep": 300}})).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let id = body["executionId"].as_str().unwrap().to_string();
+    let mut logs = Value::Null;
+    for _ in 0..1000 {
+        let (status, body) = host.get(&format!("/v1/executions/{id}/logs")).await.unwrap();
+        if status == 200 {
+            logs = body;
+            break;
+        }
+        assert_eq!(body["error"]["code"], "LOGS_NOT_AVAILABLE", "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entry = &logs["logs"][0];
+    assert_eq!(entry["source"], "pod", "{logs}");
+    assert!(entry["pod"].as_str().is_some_and(|p| p.starts_with("slow-")), "{logs}");
+    assert_eq!((entry["text"].clone(), entry["error"].clone()), (json!(""), Value::Null), "allowed: {logs}");
+
+    let (status, _) = host.post(&format!("/v1/executions/{id}:cancel"), json!({})).await.unwrap();
+    assert_eq!(status, 200);
+    wait_no_jobs(ns).await;
+    // The pod went with its Job: no logs, and the answer says why.
+    let mut body = Value::Null;
+    for _ in 0..500 {
+        let (status, b) = host.get(&format!("/v1/executions/{id}/logs")).await.unwrap();
+        body = b;
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(body["error"]["code"], "LOGS_NOT_AVAILABLE", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("only while the pod exists"), "{body}");
+    host.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_crashing_function_is_an_error_before_the_deadline() {
     let ns = "k-fail";

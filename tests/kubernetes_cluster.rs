@@ -69,3 +69,27 @@ async fn hanging_and_failing_pods_on_a_real_cluster() {
     assert_eq!((status, body["error"]["code"].clone()), (500, json!("FUNCTION_ERROR")), "{body}");
     host.stop().await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_running_pods_log_is_shown_on_a_real_cluster() {
+    let host = host().await;
+    let command = ["sh", "-c", "echo 'hello from the pod' >&2; sleep 600"];
+    let (status, _) = host.post("/v1/functions", spec("talks", "k8s-job", &command, 120_000)).await.unwrap();
+    assert_eq!(status, 201);
+    let (_, body) = host.post("/v1/functions/talks:enqueue", json!({"input": 1})).await.unwrap();
+    let id = body["executionId"].as_str().unwrap().to_string();
+    let mut text = String::new();
+    for _ in 0..600 {
+        let (_, body) = host.get(&format!("/v1/executions/{id}/logs")).await.unwrap();
+        text = body["logs"][0]["text"].as_str().unwrap_or_default().to_string();
+        if text.contains("hello from the pod") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(text.contains("hello from the pod"), "{text}");
+    let (status, _) = host.post(&format!("/v1/executions/{id}:cancel"), json!({})).await.unwrap();
+    assert_eq!(status, 200);
+    host.stop().await.unwrap();
+}

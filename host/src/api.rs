@@ -11,6 +11,7 @@ mod functions;
 pub mod guard;
 mod internal;
 mod invoke;
+mod openapi;
 mod plugins;
 
 use std::time::Duration;
@@ -26,8 +27,9 @@ use axum::routing::{get, post};
 use tokio::time::Instant;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail, truncate};
-pub use executions::{ExecutionView, NotRetained, ResultView};
+pub use executions::{ExecutionView, LogEntry, LogsView, NotRetained, ResultView};
 pub use invoke::{Accepted, InvocationResponse};
+pub use openapi::{document, document_json};
 pub use plugins::PluginView;
 
 use crate::control_plane::ControlPlane;
@@ -42,11 +44,15 @@ pub fn router(cp: ControlPlane) -> Router {
             get(functions::get).put(functions::update).delete(functions::delete).post(invoke::action),
         )
         .route("/v1/executions/{id}", get(executions::get).post(executions::action))
+        .route("/v1/executions/{id}/logs", get(executions::logs))
         .route("/v1/plugins", get(plugins::list))
+        .route("/openapi.json", get(openapi::serve(cp.config().max_timeout)))
         .route("/v1/internal/executions/{id}", post(internal::action))
         .route("/v1/internal/executions/{id}/input", get(internal::input))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed_fallback)
+        // After routing: a method the route does not take is a 405 whatever its content type.
+        .route_layer(middleware::from_fn(guard::content_type))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(
             guard::BodyBudget::new(cp.config().max_inflight_body_bytes, limit),
@@ -89,8 +95,21 @@ async fn not_found() -> ApiError {
     ApiError::not_found("NOT_FOUND", "no such route")
 }
 
-async fn method_not_allowed_fallback() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+async fn method_not_allowed_fallback(request: Request) -> ApiError {
+    method_not_allowed(allowed_methods(&request))
+}
+
+/// The methods a request's route takes. One template serves a resource and its `:action`s,
+/// which take POST.
+fn allowed_methods(request: &Request) -> &'static str {
+    let template = request.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
+    let action = request.uri().path().rsplit('/').next().is_some_and(|last| last.contains(':'));
+    match (template, action) {
+        (_, true) | ("/v1/internal/executions/{id}", _) => "POST",
+        ("/v1/functions", _) => "GET, POST",
+        ("/v1/functions/{name}", _) => "GET, PUT, DELETE",
+        _ => "GET",
+    }
 }
 
 /// 405 with the methods the route has.
@@ -190,6 +209,15 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     Some(value.to_string())
+}
+
+/// A JSON body must be an object: serde reads a struct from an array too (`[input, metadata]`),
+/// which no client means.
+fn json_object(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::bad_request("INVALID_REQUEST", "body", "the body must be a JSON object")),
+    }
 }
 
 /// `X-Timeout-Ms`: 1 to the host's maximum.

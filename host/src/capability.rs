@@ -105,6 +105,18 @@ pub fn parse_grant(text: &str) -> Result<(String, Grants), String> {
     Ok((name.trim().to_string(), Grants::of(&caps)))
 }
 
+/// The logs of an execution ([`Capabilities::logs`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Logs {
+    /// The end of the stderr of its local processes.
+    Process(String),
+    /// The logs of its pods, while they exist.
+    Pods(Vec<kubernetes::PodLog>),
+    /// Nothing: it ran nothing with logs here, its processes ended too long ago, or its pods are
+    /// gone.
+    None,
+}
+
 /// Wakes an execution (by id) so its driver polls now.
 pub type Wake = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -182,6 +194,21 @@ impl Capabilities {
         self.http.release_owner(execution_id);
         if let Some(k) = &self.kubernetes {
             k.forget_owner(execution_id);
+        }
+    }
+
+    /// What this host has of the logs of an execution: its local processes' stderr, else its
+    /// pods' logs through the API server.
+    pub async fn logs(&self, execution_id: &str) -> Logs {
+        if let Some(text) = self.process.as_ref().and_then(|p| p.logs(execution_id)) {
+            return Logs::Process(text);
+        }
+        match &self.kubernetes {
+            Some(k) => match k.pod_logs(execution_id).await {
+                pods if pods.is_empty() => Logs::None,
+                pods => Logs::Pods(pods),
+            },
+            None => Logs::None,
         }
     }
 

@@ -20,7 +20,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Accepted, ErrorBody, ExecutionView, InvocationResponse, PluginView};
+use crate::api::{Accepted, ErrorBody, ExecutionView, InvocationResponse, LogsView, PluginView};
 use crate::config::ServeArgs;
 use crate::function::FunctionSpec;
 
@@ -48,6 +48,8 @@ pub enum Command {
     Plugins(PluginsCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Print the OpenAPI 3.1 document of the HTTP API (as served at /openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +167,8 @@ pub enum ExecCommand {
     },
     /// Cancel a queued or running execution.
     Cancel { id: String },
+    /// Show an execution's logs: its local process's stderr, or its pods' logs while they exist.
+    Logs { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -435,6 +439,11 @@ pub async fn executions(args: ExecArgs) -> anyhow::Result<ExitCode> {
             let path = format!("/v1/executions/{}:cancel", segment(&id));
             let exec: Execution = client.send(Method::POST, &path, Some(b"{}".to_vec()), &[]).await?.json()?;
             render::print(format, &exec, || render::execution(&exec))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ExecCommand::Logs { id } => {
+            let logs: LogsView = client.get(&format!("/v1/executions/{}/logs", segment(&id))).await?;
+            render::print(format, &logs, || render::logs(&logs))?;
             Ok(ExitCode::SUCCESS)
         }
     }

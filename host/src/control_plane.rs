@@ -84,16 +84,18 @@ pub enum ControlPlaneError {
 }
 
 /// The body of a completion callback.
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct CallbackResult {
     pub success: bool,
+    /// The function's output, any JSON value.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     pub output: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     pub error: Option<CallbackError>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 pub struct CallbackError {
     #[serde(default)]
     pub code: Option<String>,
@@ -102,7 +104,8 @@ pub struct CallbackError {
 }
 
 /// What became of a callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum CallbackOutcome {
     /// It finished the execution.
     Accepted,

@@ -30,7 +30,7 @@ pub const MAX_RETRIES: u32 = 10;
 pub const MAX_NAME_LEN: usize = 48;
 
 /// How nanofaas v1 chose a dispatcher; each mode maps to a plugin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ExecutionMode {
     /// nanofaas's in-process echo → the `echo` plugin.
@@ -77,7 +77,7 @@ impl ExecutionMode {
 }
 
 /// How the function process inside a Job talks to `nanofaas-runtime`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum RuntimeMode {
     Http,
@@ -85,7 +85,8 @@ pub enum RuntimeMode {
     File,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Kubernetes resource quantities for the function's pods (`cpu: "500m"`, `memory: "256Mi"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,9 +96,11 @@ pub struct ResourceSpec {
 }
 
 /// The function spec of the API: what clients send, and (resolved) what they get back.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FunctionSpec {
+    /// 1 to 48 lower-case letters, digits and `-`, starting with a letter and not ending with `-`.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,46}[a-z0-9])?$", max_length = 48)]
     pub name: String,
     /// Set by the host: 1 at registration, one more at each change. Sent back on an update, it
     /// is the version the change was made against (as `If-Match` is).
@@ -111,13 +114,21 @@ pub struct FunctionSpec {
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceSpec>,
+    /// Deadline of each execution, from acceptance: 1 to the host's `--max-timeout-ms`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
+    /// Executions running at once.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
     pub concurrency: Option<u32>,
+    /// Executions waiting for a slot before new ones are refused with 429.
     #[serde(default)]
+    #[schema(maximum = 100_000)]
     pub queue_size: Option<u32>,
+    /// Retries after a platform error.
     #[serde(default)]
+    #[schema(maximum = 10)]
     pub max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
@@ -129,13 +140,17 @@ pub struct FunctionSpec {
     pub runtime_command: Option<String>,
     /// The reference's autoscaling settings: kept and shown, used by no built-in dispatcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub scaling_config: Option<serde_json::Value>,
     /// Secrets the pods of Kubernetes dispatchers pull their image with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secrets: Option<Vec<String>>,
+    /// The dispatcher plugin; when absent, `executionMode` picks it (default `k8s-job`).
     #[serde(default)]
     pub dispatcher: Option<String>,
+    /// The plugin's settings, a JSON object it validates.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub dispatcher_config: Option<serde_json::Value>,
 }
 

@@ -29,6 +29,10 @@ async fn main() -> ExitCode {
             cli::completions(shell);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => {
+            print!("{}", nanofaas::api::document_json());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("nanofaas: {e:#}");

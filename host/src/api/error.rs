@@ -44,21 +44,29 @@ pub struct ApiError {
 }
 
 /// An error as it travels: what the server writes and the CLI reads.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
     pub error: ErrorDetail<'a>,
+    /// `error.message` again, for clients of the reference nanofaas.
     #[serde(default)]
+    #[schema(value_type = String)]
     pub message: Cow<'a, str>,
     /// The execution's state, when that is what the request conflicts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::execution::Status>)]
     pub status: Option<Cow<'a, str>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
+    /// Stable, upper-case: `INVALID_FUNCTION`, `FUNCTION_NOT_FOUND`, `QUEUE_FULL`, …
+    #[schema(value_type = String)]
     pub code: Cow<'a, str>,
+    #[schema(value_type = String)]
     pub message: Cow<'a, str>,
+    /// The field or header at fault, for invalid input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub field: Option<Cow<'a, str>>,
 }
 

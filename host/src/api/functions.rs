@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::guard::{Caller, require};
-use super::{ApiError, Body, PathParam, method_not_allowed};
+use super::{ApiError, Body, ErrorBody, PathParam, method_not_allowed};
 use crate::auth::{Grant, Scope};
 use crate::control_plane::ControlPlane;
 use crate::function::FunctionSpec;
@@ -20,6 +20,15 @@ use crate::function::FunctionSpec;
 /// What an env value reads as to a caller without `deploy`.
 pub const REDACTED: &str = "<redacted>";
 
+/// Register a function.
+#[utoipa::path(post, path = "/v1/functions", operation_id = "registerFunction", tag = "functions", request_body = FunctionSpec, responses(
+    (status = 201, description = "Registered; the body is the resolved spec (every default filled in)", body = FunctionSpec,
+     headers(("Location" = String), ("ETag" = String, description = "The version, quoted"),
+             ("Warning" = String, description = "`299 nanofaas \"…\"` for each field accepted and ignored"))),
+    (status = 403, description = "The token has no `deploy` scope on this function", body = ErrorBody),
+    (status = 409, description = "A function of that name exists", body = ErrorBody),
+    (status = 502, description = "The dispatcher plugin failed while validating the spec", body = ErrorBody),
+))]
 pub(super) async fn register(
     State(cp): State<ControlPlane>,
     Extension(grant): Caller,
@@ -35,8 +44,19 @@ pub(super) async fn register(
     Ok(response)
 }
 
-/// `PUT /v1/functions/{name}`: replaces the function, 200 with the new spec; 404 when there is
-/// none; 412 when `If-Match` (or the body's `version`) is not the current version.
+/// Replace a function; executions already accepted keep the version they were accepted with.
+#[utoipa::path(put, path = "/v1/functions/{name}", operation_id = "updateFunction", tag = "functions", request_body = FunctionSpec,
+    params(("name" = String, Path, example = "echo", description = "The function"),
+           ("If-Match" = Option<String>, Header, nullable = false, description = "`*` or the quoted version the change is made against")),
+    responses(
+        (status = 200, description = "Replaced (or unchanged, when the definition is the same)", body = FunctionSpec,
+         headers(("ETag" = String), ("Warning" = String))),
+        (status = 403, description = "The token has no `deploy` scope on this function", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+        (status = 405, description = "An action (`…:invoke`) takes POST", body = ErrorBody),
+        (status = 412, description = "The function changed since the version in `If-Match` (or the body's `version`)", body = ErrorBody),
+        (status = 502, description = "The dispatcher plugin failed while validating the spec", body = ErrorBody),
+))]
 pub(super) async fn update(
     State(cp): State<ControlPlane>,
     Extension(grant): Caller,
@@ -108,11 +128,24 @@ fn add_warnings(response: &mut Response, spec: &FunctionSpec) {
     }
 }
 
+/// The functions the token sees.
+#[utoipa::path(get, path = "/v1/functions", operation_id = "listFunctions", tag = "functions", responses(
+    (status = 200, description = "Functions; without the `deploy` scope, `env` values are redacted and `dispatcherConfig` left out", body = Vec<FunctionSpec>),
+))]
 pub(super) async fn list(State(cp): State<ControlPlane>, Extension(grant): Caller) -> Json<Vec<FunctionSpec>> {
     let visible = cp.registry().list().into_iter().filter(|f| grant.sees(f.name()));
     Json(visible.map(|f| shown(&grant, &f.spec)).collect())
 }
 
+/// One function.
+#[utoipa::path(get, path = "/v1/functions/{name}", operation_id = "getFunction", tag = "functions",
+    params(("name" = String, Path, example = "echo", description = "The function")),
+    responses(
+        (status = 200, description = "The resolved spec", body = FunctionSpec, headers(("ETag" = String))),
+        (status = 403, description = "The token has no scope on this function", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+        (status = 405, description = "An action (`…:invoke`) takes POST", body = ErrorBody),
+))]
 pub(super) async fn get(
     State(cp): State<ControlPlane>,
     Extension(grant): Caller,
@@ -130,6 +163,15 @@ pub(super) async fn get(
     Ok(response)
 }
 
+/// Delete a function; executions already accepted run to their end.
+#[utoipa::path(delete, path = "/v1/functions/{name}", operation_id = "deleteFunction", tag = "functions",
+    params(("name" = String, Path, example = "echo", description = "The function")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "The token has no `deploy` scope on this function", body = ErrorBody),
+        (status = 404, description = "No such function", body = ErrorBody),
+        (status = 405, description = "An action (`…:invoke`) takes POST", body = ErrorBody),
+))]
 pub(super) async fn delete(
     State(cp): State<ControlPlane>,
     Extension(grant): Caller,
@@ -144,6 +186,7 @@ pub(super) async fn delete(
 
 /// A spec from a request body, or a 400 naming the field.
 fn parse_spec(body: &[u8]) -> Result<FunctionSpec, ApiError> {
+    super::json_object(body)?;
     FunctionSpec::from_json(body)
         .map_err(|e| ApiError::bad_request("INVALID_FUNCTION", e.field.clone(), format!("{}: {}", e.field, e.message)))
 }

@@ -12,10 +12,31 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, Body, PathParam, bearer, executions};
+use super::{ApiError, Body, ErrorBody, PathParam, bearer, executions};
 use crate::control_plane::{CallbackOutcome, CallbackResult, ControlPlane};
-use crate::execution::Execution;
+use crate::execution::{Execution, Status};
 
+/// What a callback answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CallbackAnswer<'a> {
+    #[schema(value_type = String)]
+    execution_id: &'a str,
+    /// The execution's state after the callback.
+    status: Status,
+    outcome: CallbackOutcome,
+}
+
+/// A function runtime reports the result of its attempt.
+#[utoipa::path(post, path = "/v1/internal/executions/{id}:complete", operation_id = "completeExecution", tag = "internal",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The execution")),
+    request_body = CallbackResult,
+    responses(
+        (status = 200, description = "Received; `outcome` says what became of it", body = CallbackAnswer),
+        (status = 404, description = "No such execution, or no such action", body = ErrorBody),
+        (status = 409, description = "The token is for an earlier attempt than the execution's current one", body = ErrorBody),
+))]
 pub(super) async fn action(
     State(cp): State<ControlPlane>,
     PathParam(target): PathParam,
@@ -28,6 +49,7 @@ pub(super) async fn action(
     let attempt = authenticate(&cp, id, &headers)?;
     let exec = cp.ledger().find(id).await.map_err(ApiError::store)?.ok_or_else(|| executions::unknown(id))?;
     current(&exec, attempt)?;
+    super::json_object(&body)?;
     let result: CallbackResult = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("INVALID_REQUEST", "body", format!("expected {{success, output, error}}: {e}"))
     })?;
@@ -35,15 +57,18 @@ pub(super) async fn action(
     if outcome == CallbackOutcome::Stale {
         current(&exec, attempt)?;
     }
-    let body = serde_json::json!({
-        "executionId": exec.id,
-        "status": exec.status().as_str(),
-        "outcome": outcome.as_str(),
-    });
+    let body = CallbackAnswer { execution_id: &exec.id, status: exec.status(), outcome };
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// The input of an execution, for runners that did not get it inline.
+#[utoipa::path(get, path = "/v1/internal/executions/{id}/input", operation_id = "getExecutionInput", tag = "internal",
+    params(("id" = String, Path, description = "The execution")),
+    responses(
+        (status = 200, description = "The input, in its content type", content_type = "*/*", body = Vec<u8>),
+        (status = 404, description = "No such execution", body = ErrorBody),
+        (status = 409, description = "The token is for an earlier attempt than the execution's current one", body = ErrorBody),
+))]
 pub(super) async fn input(
     State(cp): State<ControlPlane>,
     PathParam(id): PathParam,

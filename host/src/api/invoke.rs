@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 
 use super::executions::{NotRetained, ResultView};
 use super::guard::{Caller, require};
-use super::{ApiError, Body, PathParam, method_not_allowed};
+use super::openapi::InvocationFailure;
+use super::{ApiError, Body, ErrorBody, PathParam, method_not_allowed};
 use crate::auth::Scope;
 use crate::control_plane::{ControlPlane, SubmitOptions};
 use crate::execution::{ErrorKind, Execution, Input, Snapshot, Status};
@@ -45,7 +46,33 @@ pub(super) async fn action(
     }
 }
 
-async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// Run a function and wait for its result (until its deadline at the latest).
+#[utoipa::path(post, path = "/v1/functions/{name}:invoke", operation_id = "invokeFunction", tag = "invocations",
+    params(("name" = String, Path, example = "echo", description = "The function"),
+           ("X-Timeout-Ms" = Option<u64>, Header, nullable = false, minimum = 1, description = "A deadline shorter than the function's, 1 to the host's maximum"),
+           ("X-Trace-Id" = Option<String>, Header, nullable = false, description = "1 to 128 of `[A-Za-z0-9._:-]`; anything else is replaced by a generated id"),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, pattern = "^[!-~]*$", description = "The same key and input attach to the same execution; 1 to 255 visible ASCII characters (empty: none)"),
+           ("Accept" = Option<String>, Header, nullable = false, description = "`application/octet-stream` for the raw output of a success")),
+    request_body(description = "`{\"input\": …}` as JSON, or raw bytes as `application/octet-stream`",
+        content((InvokeRequest<'static> = "application/json"), (Vec<u8> = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "The function succeeded", headers(("X-Execution-Id" = String)),
+         content((InvocationResponse<'static> = "application/json"), (Vec<u8> = "application/octet-stream"))),
+        (status = 403, description = "The token has no `invoke` scope on this function", body = ErrorBody),
+        (status = 404, description = "No such function, or no such action", body = ErrorBody),
+        (status = 410, description = "The output was over the retained-output cap and this caller attached late", body = ErrorBody),
+        (status = 422, description = "The `Idempotency-Key` was used with another input", body = ErrorBody),
+        (status = 429, description = "The function's queue is full", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 500, description = "The function failed (`error.code` is the function's)", body = InvocationFailure),
+        (status = 502, description = "The platform failed to run the function", body = InvocationFailure),
+        (status = 504, description = "The execution timed out", body = InvocationResponse<'static>),
+))]
+pub(super) async fn invoke(
+    cp: &ControlPlane,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let (input, opts) = request(cp, headers, body, false)?;
     let hold = cp.submit(name, input, opts).await?.into_hold();
     let exec = hold.execution();
@@ -68,7 +95,28 @@ async fn invoke(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes)
     Ok(finished(exec, snapshot, wants_raw))
 }
 
-async fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// Accept an execution and answer at once; follow it at `Location`.
+#[utoipa::path(post, path = "/v1/functions/{name}:enqueue", operation_id = "enqueueFunction", tag = "invocations",
+    params(("name" = String, Path, example = "echo", description = "The function"),
+           ("X-Timeout-Ms" = Option<u64>, Header, nullable = false, minimum = 1, description = "A deadline shorter than the function's, 1 to the host's maximum"),
+           ("X-Trace-Id" = Option<String>, Header, nullable = false, description = "1 to 128 of `[A-Za-z0-9._:-]`; anything else is replaced by a generated id"),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, pattern = "^[!-~]*$", description = "The same key and input attach to the same execution; 1 to 255 visible ASCII characters (empty: none)")),
+    request_body(description = "`{\"input\": …}` as JSON, or raw bytes as `application/octet-stream`",
+        content((InvokeRequest<'static> = "application/json"), (Vec<u8> = "application/octet-stream"))),
+    responses(
+        (status = 202, description = "Accepted (or attached to the execution of the same idempotency key)", body = Accepted<'static>,
+         headers(("Location" = String), ("X-Execution-Id" = String))),
+        (status = 403, description = "The token has no `invoke` scope on this function", body = ErrorBody),
+        (status = 404, description = "No such function, or no such action", body = ErrorBody),
+        (status = 422, description = "The `Idempotency-Key` was used with another input", body = ErrorBody),
+        (status = 429, description = "The function's queue is full", body = ErrorBody, headers(("Retry-After" = u64))),
+))]
+pub(super) async fn enqueue(
+    cp: &ControlPlane,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let (input, opts) = request(cp, headers, body, true)?;
     let attach = cp.submit(name, input, opts).await?;
     let (exec, status) = match &attach {
@@ -83,29 +131,46 @@ async fn enqueue(cp: &ControlPlane, name: &str, headers: &HeaderMap, body: Bytes
 }
 
 /// The answer to `:enqueue`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted<'a> {
+    #[schema(value_type = String)]
     pub execution_id: Cow<'a, str>,
+    #[schema(value_type = Status)]
     pub status: Cow<'a, str>,
 }
 
-/// The answer to a sync `:invoke` (`O` as in [`ResultView`]).
-#[derive(Debug, Serialize, Deserialize)]
+// `O` as in `ResultView`.
+/// The answer to a sync `:invoke`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(bound = "")]
 pub struct InvocationResponse<'a, O = Box<RawValue>> {
+    #[schema(value_type = String)]
     pub execution_id: Cow<'a, str>,
+    #[schema(value_type = Status)]
     pub status: Cow<'a, str>,
     #[serde(flatten)]
+    #[schema(value_type = ResultView)]
     pub result: ResultView<O>,
 }
 
-#[derive(Deserialize)]
-struct InvokeRequest<'a> {
-    #[serde(borrow)]
+/// The JSON body of an invocation.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct InvokeRequest<'a> {
+    /// The function's input, any JSON value (`null` too). Only a missing `input` is an error.
+    #[serde(borrow, default, deserialize_with = "present")]
+    #[schema(value_type = Value, required = true)]
     input: Option<&'a RawValue>,
+    /// Passed to the function with the input.
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `Some` for any value of a field that is there, `null` included (`Option`'s own
+/// deserializer reads `null` as `None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Parses the body and the headers into an input and options.
@@ -119,6 +184,7 @@ fn request(
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let input = match mime.as_str() {
         "application/json" | "" => {
+            super::json_object(&body)?;
             let req: InvokeRequest = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request("INVALID_REQUEST", "body", format!("invalid JSON body: {e}")))?;
             let raw = req.input.ok_or_else(|| {

@@ -10,16 +10,22 @@ use crate::control_plane::ControlPlane;
 use crate::plugin::Source;
 
 /// One loaded plugin. A dropped-in plugin shows its file name, not the host's paths.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginView<'a> {
+    #[schema(value_type = String)]
     pub name: Cow<'a, str>,
     /// `log` and the capabilities it was granted.
     pub capabilities: Vec<String>,
     /// `built-in`, or the `.wasm` file it was loaded from.
+    #[schema(value_type = String)]
     pub source: Cow<'a, str>,
 }
 
+/// The dispatcher plugins this host loaded.
+#[utoipa::path(get, path = "/v1/plugins", operation_id = "listPlugins", tag = "plugins", responses(
+    (status = 200, description = "Plugins, built-in and from the plugin directory", body = Vec<PluginView<'static>>),
+))]
 pub(super) async fn list(State(cp): State<ControlPlane>) -> Json<Vec<PluginView<'static>>> {
     let views = cp.plugins().catalog().plugins().map(|plugin| PluginView {
         name: Cow::Owned(plugin.name.clone()),

@@ -125,6 +125,11 @@ async fn sync_invoke_returns_the_output() {
     assert_eq!(r.body["function"], "echo");
     assert_eq!(r.body["attempt"], 1);
     assert!(r.body["finishedAt"].as_str().unwrap().ends_with('Z'));
+
+    // `null` is an input like any other; only a missing `input` is refused.
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!({"input": null})).await;
+    assert_eq!((r.status, r.body["output"].clone()), (StatusCode::OK, Value::Null));
+    assert_eq!(r.body["status"], "success");
 }
 
 #[tokio::test]
@@ -164,6 +169,11 @@ async fn bad_invoke_requests_are_refused_with_json() {
     with_echo(&app, "echo").await;
     let r = post_json(&app, "/v1/functions/echo:invoke", json!({"payload": 1})).await;
     assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("input")));
+    // serde would read `[input, metadata]` as the struct.
+    let r = post_json(&app, "/v1/functions/echo:invoke", json!([null, null])).await;
+    assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("body")));
+    let r = post_json(&app, "/v1/functions", json!(["echo"])).await;
+    assert_eq!((r.status, r.body["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("body")));
     let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[JSON], "{").await;
     assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("INVALID_REQUEST")));
     let r = send(&app, Method::POST, "/v1/functions/echo:invoke", &[("content-type", "text/csv")], "a,b").await;
@@ -462,6 +472,11 @@ async fn tokens_scope_every_route() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = send(&app, Method::GET, &format!("/v1/executions/{id}"), &[APP], AxumBody::empty()).await;
     assert_eq!(r.status, StatusCode::OK);
+    // Logs show what the function prints: deploy on the function, not invoke.
+    let r = send(&app, Method::GET, &format!("/v1/executions/{id}/logs"), &[APP], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(&app, Method::GET, &format!("/v1/executions/{id}/logs"), &[OPS], AxumBody::empty()).await;
+    assert_eq!((r.status, r.body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("LOGS_NOT_AVAILABLE")));
 
     // Deleting needs deploy.
     let r = send(&app, Method::DELETE, "/v1/functions/team-a-x", &[APP], AxumBody::empty()).await;

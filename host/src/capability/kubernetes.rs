@@ -36,7 +36,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, LogParams, PostParams, PropagationPolicy};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -267,6 +267,18 @@ pub struct PodState {
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub termination_message: Option<String>,
+}
+
+/// Lines of a pod's log read for the logs of an execution (its end).
+pub const POD_LOG_LINES: i64 = 1000;
+/// Bytes of a pod's log read at most.
+pub const POD_LOG_BYTES: i64 = 64 * 1024;
+
+/// One pod's log, or why the API server did not give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLog {
+    pub pod: String,
+    pub text: Result<String, String>,
 }
 
 /// A Job's status as seen by the watch (the WIT `job-state`).
@@ -534,6 +546,33 @@ impl KubernetesCapability {
             state.failed = 0;
         }
         Ok(Some(state))
+    }
+
+    /// The logs of `owner`'s pods (the ones the pod cache holds, oldest first), each cut to its
+    /// last [`POD_LOG_LINES`] lines and [`POD_LOG_BYTES`] bytes. Empty when it has no pod: none
+    /// was started, or they went with their Job (deleted when the execution ended).
+    pub async fn pod_logs(&self, owner: &str) -> Vec<PodLog> {
+        let mut pods: Vec<Arc<Pod>> = self
+            .0
+            .pod_cache
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(EXECUTION_LABEL)).is_some_and(|e| e == owner))
+            .collect();
+        pods.sort_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), &a.metadata.name)
+                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), &b.metadata.name))
+        });
+        let api: Api<Pod> = Api::namespaced(self.0.client.clone(), &self.0.namespace);
+        let params =
+            LogParams { tail_lines: Some(POD_LOG_LINES), limit_bytes: Some(POD_LOG_BYTES), ..LogParams::default() };
+        let mut logs = Vec::with_capacity(pods.len());
+        for pod in pods {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let text = api.logs(&name, &params).await.map_err(|e| classify(e).message);
+            logs.push(PodLog { pod: name, text });
+        }
+        logs
     }
 
     /// Deletes a Job of `owner` and its pods. A Job already gone is not an error. When the delete
@@ -1077,6 +1116,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn pod_logs_are_read_bounded_from_the_api_server_for_the_executions_pods_only() {
+        let mut f = fed();
+        assert_eq!(f.cap.pod_logs("e1").await, vec![], "no pod: nothing is asked");
+        let pod = |name: &str, owner: &str, created: &str| -> Pod {
+            serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created,
+                             "labels": {"job-name": "j1", EXECUTION_LABEL: owner}},
+                "status": {"phase": "Running"}}))
+            .unwrap()
+        };
+        // Two attempts' pods, listed newest first, and another execution's.
+        f.pods.apply_watcher_event(&watcher::Event::Apply(pod("j1-b", "e1", "2026-01-01T00:00:02Z")));
+        f.pods.apply_watcher_event(&watcher::Event::Apply(pod("j1-a", "e1", "2026-01-01T00:00:01Z")));
+        f.pods.apply_watcher_event(&watcher::Event::Apply(pod("j9-a", "e9", "2026-01-01T00:00:00Z")));
+        let server = async {
+            let (req, send) = f.api.next_request().await.expect("first log");
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/ns/pods/j1-a/log", "oldest first");
+            let query = req.uri().query().unwrap_or_default().to_string();
+            assert!(query.contains("tailLines=1000") && query.contains("limitBytes=65536"), "{query}");
+            send.send_response(Response::builder().body(Body::from(b"attempt one\n".to_vec())).unwrap());
+            let (req, send) = f.api.next_request().await.expect("second log");
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/ns/pods/j1-b/log");
+            send.send_response(respond(StatusCode::BAD_REQUEST, api_status(400, "BadRequest")));
+        };
+        let (logs, ()) = tokio::join!(f.cap.pod_logs("e1"), server);
+        assert_eq!(
+            logs,
+            vec![
+                PodLog { pod: "j1-a".into(), text: Ok("attempt one\n".into()) },
+                PodLog { pod: "j1-b".into(), text: Err("BadRequest on purpose".into()) },
+            ]
+        );
     }
 
     fn job(owner: &str, name: &str, status: Value) -> Job {

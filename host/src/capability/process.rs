@@ -16,7 +16,7 @@
 //! machine after a crash kills what the dead one left running ([`kill_leftover`]) before it
 //! runs those executions again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,15 +61,25 @@ pub struct ExitInfo {
 /// Bytes of stderr kept (the end of it).
 const STDERR_TAIL: usize = 4096;
 
+/// Executions whose stderr tails are kept after they end (the most recent ones), for
+/// [`ProcessCapability::logs`].
+const ENDED_LOGS: usize = 256;
+
 struct Proc {
     owner: String,
+    /// Order of start, for logs.
+    seq: u64,
     pgid: Pid,
     exit: Arc<Mutex<Option<ExitInfo>>>,
+    /// The end of its stderr so far.
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 pub struct ProcessCapability {
     max_output: usize,
     procs: Mutex<HashMap<String, Proc>>,
+    /// The stderr tails of the last [`ENDED_LOGS`] executions released, oldest first.
+    ended: Mutex<VecDeque<(String, String)>>,
     next: AtomicU64,
     wake: Wake,
     path: String,
@@ -86,6 +96,7 @@ impl ProcessCapability {
         Self {
             max_output,
             procs: Mutex::new(HashMap::new()),
+            ended: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(1),
             wake,
             path,
@@ -158,9 +169,12 @@ impl ProcessCapability {
         let mut child = command.spawn().map_err(|e| format!("cannot start `{}`: {e}", cmd.argv[0]))?;
         let pid = child.id().ok_or("the process exited before it could be tracked")?;
         let pgid = Pid::from_raw(pid as i32);
-        let handle = format!("p{}", self.next.fetch_add(1, Ordering::Relaxed));
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let handle = format!("p{seq}");
         let exit = Arc::new(Mutex::new(None));
-        self.lock().insert(handle.clone(), Proc { owner: owner.to_string(), pgid, exit: exit.clone() });
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let proc = Proc { owner: owner.to_string(), seq, pgid, exit: exit.clone(), stderr: tail.clone() };
+        self.lock().insert(handle.clone(), proc);
         tracing::debug!(execution_id = owner, pid, program = %cmd.argv[0], "process started");
         let journal = self.journal.clone();
         if let Some(j) = &journal {
@@ -187,7 +201,7 @@ impl ProcessCapability {
                 drop(stdin_pipe);
             };
             let read_out = read_bounded(stdout, max_output, pgid);
-            let read_err = read_tail(stderr, STDERR_TAIL);
+            let read_err = read_tail(stderr, STDERR_TAIL, tail);
             let wait = async {
                 let status = child.wait().await;
                 // The leader is gone; kill what it left behind in its group (the group id cannot
@@ -232,15 +246,41 @@ impl ProcessCapability {
         }
     }
 
-    /// The execution ended: kill all its processes and forget them.
+    /// The execution ended: kill all its processes and forget them, keeping their stderr tails
+    /// for [`logs`](Self::logs).
     pub fn release_owner(&self, owner: &str) {
+        let mut released = Vec::new();
         self.lock().retain(|_, p| {
             if p.owner != owner {
                 return true;
             }
             kill_if_running(p);
+            released.push((p.seq, p.stderr.clone()));
             false
         });
+        if released.is_empty() {
+            return;
+        }
+        let text = joined(released);
+        let mut ended = self.ended.lock().expect("ended lock");
+        ended.retain(|(o, _)| o != owner);
+        if ended.len() == ENDED_LOGS {
+            ended.pop_front();
+        }
+        ended.push_back((owner.to_string(), text));
+    }
+
+    /// The end of the stderr of `owner`'s processes, oldest first: as it is so far while they
+    /// run, as it was for the last [`ENDED_LOGS`] executions that ended. `None` when this host
+    /// process has none of it.
+    pub fn logs(&self, owner: &str) -> Option<String> {
+        let live: Vec<_> =
+            self.lock().values().filter(|p| p.owner == owner).map(|p| (p.seq, p.stderr.clone())).collect();
+        if !live.is_empty() {
+            return Some(joined(live));
+        }
+        let ended = self.ended.lock().expect("ended lock");
+        ended.iter().rev().find(|(o, _)| o == owner).map(|(_, text)| text.clone())
     }
 
     /// Whether `owner` has processes here (work that dies with this host process).
@@ -298,6 +338,14 @@ fn group_has_members(pgid: i32) -> bool {
     })
 }
 
+/// Stderr tails in the order their processes started, one after the other.
+fn joined(mut tails: Vec<(u64, Arc<Mutex<Vec<u8>>>)>) -> String {
+    tails.sort_by_key(|(seq, _)| *seq);
+    let texts: Vec<String> =
+        tails.iter().map(|(_, t)| String::from_utf8_lossy(&t.lock().expect("tail lock")).into_owned()).collect();
+    texts.join("\n")
+}
+
 fn kill_if_running(p: &Proc) {
     if p.exit.lock().expect("exit lock").is_none() {
         let _ = killpg(p.pgid, Signal::SIGKILL);
@@ -323,20 +371,22 @@ async fn read_bounded(mut r: impl AsyncRead + Unpin, max: usize, pgid: Pid) -> (
     }
 }
 
-/// Reads everything, keeping the last `keep` bytes, lossily decoded.
-async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize) -> String {
-    let mut tail: Vec<u8> = Vec::new();
+/// Reads everything, keeping the last `keep` bytes in `tail` as they come; returns them lossily
+/// decoded.
+async fn read_tail(mut r: impl AsyncRead + Unpin, keep: usize, tail: Arc<Mutex<Vec<u8>>>) -> String {
     let mut chunk = vec![0u8; 16 * 1024];
     while let Ok(n) = r.read(&mut chunk).await {
         if n == 0 {
             break;
         }
+        let mut tail = tail.lock().expect("tail lock");
         tail.extend_from_slice(&chunk[..n]);
         if tail.len() > keep {
-            tail.drain(..tail.len() - keep);
+            let cut = tail.len() - keep;
+            tail.drain(..cut);
         }
     }
-    String::from_utf8_lossy(&tail).trim_end().to_string()
+    String::from_utf8_lossy(&tail.lock().expect("tail lock")).trim_end().to_string()
 }
 
 /// Reaps members of a killed group that were re-parented to this (subreaper) process. They

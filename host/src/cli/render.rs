@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Execution, Format};
-use crate::api::{PluginView, ResultView};
+use crate::api::{LogsView, PluginView, ResultView};
 use crate::function::FunctionSpec;
 
 /// Prints `value` in `format`; `table` renders the human form.
@@ -108,6 +108,30 @@ pub fn execution(exec: &Execution) -> String {
     out
 }
 
+/// Logs for a person: the text as is; each pod's under a `==> pod NAME <==` line when there are
+/// pods (as `tail` heads several files).
+pub fn logs(logs: &LogsView) -> String {
+    let mut out = String::new();
+    for entry in &logs.logs {
+        if let Some(pod) = &entry.pod {
+            let _ = writeln!(out, "==> pod {pod} <==");
+        }
+        match (&entry.text, &entry.error) {
+            (Some(text), _) => {
+                out.push_str(text);
+                if !text.is_empty() && !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            (None, Some(error)) => {
+                let _ = writeln!(out, "(not readable: {error})");
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
 /// An output for a person: a string as its text, anything else as JSON.
 pub fn output(output: Option<&serde_json::Value>) -> String {
     match output {
@@ -128,6 +152,22 @@ pub fn failure(status: &str, result: &ResultView<serde_json::Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_logs_are_headed_by_their_pod() {
+        use crate::api::LogEntry;
+        let entry = |pod: &str, text: Option<&str>, error: Option<&str>| LogEntry {
+            source: "pod".into(),
+            pod: Some(pod.into()),
+            text: text.map(Into::into),
+            error: error.map(Into::into),
+        };
+        let view = LogsView {
+            execution_id: "e".into(),
+            logs: vec![entry("a", Some("one\ntwo"), None), entry("b", None, Some("container is waiting"))],
+        };
+        assert_eq!(logs(&view), "==> pod a <==\none\ntwo\n==> pod b <==\n(not readable: container is waiting)\n");
+    }
 
     #[test]
     fn tables_align_their_columns() {
