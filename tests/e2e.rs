@@ -96,11 +96,20 @@ async fn a_dropped_in_plugin_serves_a_function() {
     .unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"definitely not wasm").unwrap();
     let dir_arg = dir.path().to_str().unwrap();
-    let host = Host::start(binary(), &["--plugin-dir", dir_arg], &[]).await.unwrap();
+    // A functions file naming the refused plugin does not stop the start.
+    let functions = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(functions.path(), "- {name: fragile, dispatcher: broken}\n").unwrap();
+    let functions_arg = functions.path().to_str().unwrap();
+    let host = Host::start(binary(), &["--plugin-dir", dir_arg, "--functions", functions_arg], &[]).await.unwrap();
 
     let logs = host.logs_when(|l| l.contains("broken.wasm") && l.contains("already taken")).await;
     assert!(logs.contains("plugin refused") && logs.contains("broken.wasm"), "{logs}");
     assert!(logs.contains("already taken by a built-in plugin"), "{logs}");
+    // Its function is there, unavailable: its invocations say why, nothing is accepted.
+    let (status, body) = host.post("/v1/functions/fragile:invoke", json!({"input": 1})).await.unwrap();
+    assert_eq!((status, body["error"]["code"].clone()), (503, json!("PLUGIN_UNAVAILABLE")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`broken`") && message.contains("its file was refused"), "{message}");
 
     let spec = json!({"name": "shout", "dispatcher": "uppercase", "dispatcherConfig": {"prefix": "> "}});
     let (status, body) = host.post("/v1/functions", spec).await.unwrap();

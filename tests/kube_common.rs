@@ -36,10 +36,17 @@ pub fn cluster() -> &'static Cluster {
 
 /// A namespace with the host's identity, and a host serving it.
 pub async fn host_in(namespace: &str, grant: bool, extra: &[&str]) -> Host {
+    host_with_env(namespace, grant, extra, &[]).await
+}
+
+/// [`host_in`] with more environment variables.
+pub async fn host_with_env(namespace: &str, grant: bool, extra: &[&str], env: &[(&str, &str)]) -> Host {
     let kubeconfig = cluster().host_namespace(namespace, grant).await.unwrap();
     let mut args = vec!["--kube-namespace", namespace, "--callback-secret", "test-secret", "--retry-base-ms", "50"];
     args.extend_from_slice(extra);
-    Host::start(binary(), &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]).await.unwrap()
+    let mut env = env.to_vec();
+    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    Host::start(binary(), &args, &env).await.unwrap()
 }
 
 /// A function spec for a Job plugin; the command runs under `nanofaas-runtime` in the pod.

@@ -190,6 +190,63 @@ async fn job_poll_recovers_the_output_when_no_callback_is_possible() {
 /// node, for which the API server answers an empty log — but it answers (a missing `pods/log`
 /// permission would be a 403 in the entry's `error`). With a real kubelet the text comes back
 /// (`kubernetes_cluster.rs`).
+/// A function that answers with the `TRACEPARENT` its pod was given.
+const TRACEPARENT_PY: &str =
+    "import json,os,sys\njson.load(sys.stdin)\nprint(json.dumps({'traceparent': os.environ.get('TRACEPARENT','')}))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_execution_is_one_trace_and_its_pod_can_continue_it() {
+    use nanofaas_test_support::otlp::{ReceivedSpan, Receiver};
+    let ns = "k-traces";
+    let receiver = Receiver::start().await.unwrap();
+    let args = ["--otlp-endpoint", receiver.endpoint.as_str()];
+    let host = host_with_env(ns, true, &args, &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
+    register(&host, job_function("tp", "k8s-job", &["python3", "-c", TRACEPARENT_PY], 60_000, json!({}))).await;
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let r = host
+        .client
+        .post(host.url("/v1/functions/tp:invoke"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({"input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let names = |s: &[ReceivedSpan]| s.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let spans = receiver
+        .trace_when(trace, Duration::from_secs(30), |s| {
+            ["execution tp", "callback", "kubernetes job delete"].iter().all(|n| names(s).iter().any(|m| m == n))
+        })
+        .await
+        .unwrap();
+    let one = |name: &str| {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "one `{name}`: {:?}", names(&spans));
+        found[0].clone()
+    };
+    let root = one("execution tp");
+    assert_eq!(root.parent_span_id, "00f067aa0ba902b7");
+    let attempt = one("attempt");
+    assert_eq!(attempt.parent_span_id, root.span_id);
+    let dispatch = one("plugin dispatch");
+    assert_eq!(dispatch.parent_span_id, attempt.span_id);
+    let create = one("kubernetes job create");
+    assert_eq!((create.parent_span_id.as_str(), create.kind), (dispatch.span_id.as_str(), 3));
+    assert!(create.attr("k8s.job.name").is_some_and(|j| j.starts_with("tp-")), "{create:?}");
+    // The callback is received under the attempt it reports for, even though no task of the
+    // driver is in it; the Job is deleted by the release that follows.
+    let callback = one("callback");
+    assert_eq!((callback.parent_span_id.as_str(), callback.kind), (attempt.span_id.as_str(), 2));
+    assert_eq!(callback.attr("nanofaas.callback.outcome"), Some("Accepted"));
+    let release = one("plugin release");
+    assert_eq!(release.parent_span_id, attempt.span_id);
+    assert_eq!(one("kubernetes job delete").parent_span_id, release.span_id);
+    // The pod got the Job's creation as its parent span.
+    assert_eq!(body["output"]["traceparent"], format!("00-{trace}-{}-01", create.span_id), "{body}");
+    host.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_logs_are_asked_of_the_api_server_while_the_pod_exists() {
     let ns = "k-logs";

@@ -211,6 +211,20 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
     Some(value.to_string())
 }
 
+/// W3C `traceparent`: the caller's span, parent of the execution's. One that is not valid is
+/// ignored (the specification says to start a new trace), as an odd `X-Trace-Id` is.
+fn traceparent(headers: &HeaderMap) -> Option<crate::otel::Parent> {
+    let raw = headers.get("traceparent")?;
+    let parent = raw.to_str().ok().and_then(crate::otel::Parent::from_traceparent);
+    if parent.is_none() {
+        tracing::info!(
+            header = %String::from_utf8_lossy(&raw.as_bytes()[..raw.len().min(160)]),
+            "traceparent is not a W3C trace context; the execution starts a trace of its own"
+        );
+    }
+    parent
+}
+
 /// A JSON body must be an object: serde reads a struct from an array too (`[input, metadata]`),
 /// which no client means.
 fn json_object(body: &[u8]) -> Result<(), ApiError> {

@@ -101,6 +101,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether each finished execution gets an access line in the log.
     pub access_log: bool,
+    /// Base URL of an OTLP/HTTP collector: spans are POSTed to `{url}/v1/traces`. None exports
+    /// nothing.
+    pub otlp_endpoint: Option<String>,
     /// Whether plugins granted `process` may start local processes.
     pub local_exec: bool,
     /// Bound on a process's stdout and an outgoing response's body.
@@ -191,6 +194,7 @@ impl Default for Config {
             plugin: PluginLimits::default(),
             log_format: LogFormat::Text,
             access_log: false,
+            otlp_endpoint: None,
             local_exec: true,
             max_output_bytes: defaults::MAX_OUTPUT_BYTES,
             http_allow: Vec::new(),
@@ -310,6 +314,10 @@ pub struct ServeArgs {
     /// does not pay unless asked.
     #[arg(long, env = "NANOFAAS_ACCESS_LOG")]
     pub access_log: bool,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector: spans are POSTed to
+    /// `URL/v1/traces`. Unset: nothing is exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Switch local execution off: plugins cannot start processes.
     #[arg(long, env = "NANOFAAS_NO_LOCAL_EXEC")]
     pub no_local_exec: bool,
@@ -400,6 +408,7 @@ impl From<ServeArgs> for Config {
             },
             log_format: a.log_format,
             access_log: a.access_log,
+            otlp_endpoint: a.otlp_endpoint.filter(|u| !u.trim().is_empty()),
             local_exec: !a.no_local_exec,
             max_output_bytes: a.max_output_bytes,
             http_allow: a.http_allow,

@@ -321,8 +321,19 @@ impl ControlPlane {
 
     /// Registers or replaces a function (the functions file at start). Returns whether anything
     /// changed.
+    ///
+    /// A function whose dispatcher is not loaded is applied all the same, as unavailable (its
+    /// invocations answer 503 with the reason): the file says what the functions are, and one
+    /// missing or refused plugin should not stop a host that serves the others.
     pub async fn apply(&self, spec: FunctionSpec) -> Result<bool, RegisterError> {
-        let mut spec = self.validate(spec).await?;
+        let mut spec = match self.validate(spec.clone()).await {
+            Err(RegisterError::UnknownDispatcher { .. }) => {
+                let spec = spec.resolve(self.0.config.max_timeout)?;
+                self.warn_if_unavailable(&spec);
+                spec
+            }
+            validated => validated?,
+        };
         if self.registry().get(&spec.name).is_some_and(|f| f.spec.same_definition(&spec)) {
             return Ok(false);
         }
@@ -418,8 +429,8 @@ impl ControlPlane {
 
     fn warn_if_unavailable(&self, spec: &FunctionSpec) {
         let dispatcher = spec.dispatcher.as_deref().unwrap_or_default();
-        if self.plugins().get(dispatcher).is_none() {
-            tracing::warn!(function = %spec.name, dispatcher, "the function's dispatcher is not loaded; its invocations will fail");
+        if let Some(reason) = self.plugins().catalog().unavailable(dispatcher) {
+            tracing::warn!(function = %spec.name, %reason, "function loaded as unavailable: its invocations answer 503");
         }
     }
 
@@ -434,6 +445,9 @@ impl ControlPlane {
     /// for an asynchronous one on a durable store, once it is recorded.
     pub async fn submit(&self, function: &str, input: Input, opts: SubmitOptions) -> Result<Attach, SubmitError> {
         let f = self.registry().get(function).ok_or_else(|| SubmitError::UnknownFunction(function.to_string()))?;
+        if let Some(reason) = self.plugins().catalog().unavailable(f.dispatcher()) {
+            return Err(SubmitError::Unavailable { function: function.to_string(), reason });
+        }
         let store_first = self.0.ledger.durable_at_accept(&opts) || opts.idempotency_key.is_some();
         let asynchronous = opts.asynchronous;
         let cp = self.clone();

@@ -26,6 +26,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::execution::{ErrorKind, Execution, Finish, FinishedBy, PendingWork, Status};
 use crate::ledger::Ledger;
+use crate::otel::{self, Span, SpanKind};
 use crate::plugin::{Failure, Held, Invocation, Outcome, Plugin, Plugins, ReleaseReason};
 use crate::queue::Admission;
 use crate::token::TokenKey;
@@ -135,6 +136,7 @@ impl Dispatcher {
             content_type: exec.input.content_type.clone(),
             metadata: exec.input.metadata.clone(),
             trace_id: exec.trace_id.clone(),
+            trace: otel::attempt(&exec.id, exec.trace, attempt),
             idempotency_key: exec.idempotency_key.clone(),
             deadline_unix_ms: exec.deadline_unix_ms,
             remaining_ms: exec.deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
@@ -196,13 +198,15 @@ impl Dispatcher {
         start: Start,
         held: &mut Held,
     ) -> Option<(Finish, FinishedBy)> {
+        let queued = if start == Start::Fresh { exec.accepted_at } else { std::time::SystemTime::now() };
         let Some(_slot) = Box::pin(self.ledger.slot(exec, admission)).await else {
             // Another replica drives it now.
             exec.detach();
             return None;
         };
+        Span::start("queue", SpanKind::Internal, otel::execution(&exec.id, exec.trace)).since(queued).end();
         let Some(plugin) = self.plugins.get(exec.function.dispatcher()).cloned() else {
-            let message = format!("dispatcher `{}` is not loaded on this host", exec.function.dispatcher());
+            let message = self.plugins.catalog().unavailable(exec.function.dispatcher()).unwrap_or_default();
             return Some((Finish::error(ErrorKind::Platform, "PLUGIN_UNAVAILABLE", message), FinishedBy::Plugin));
         };
         let max_attempts = exec.function.max_retries() + 1;
@@ -210,7 +214,11 @@ impl Dispatcher {
             Start::Fresh => (0, None),
             Start::Resume(work) => {
                 tracing::info!(attempt = work.attempt, handle = %work.handle, "execution resumed");
-                (work.attempt, Some(self.follow(exec, &plugin, work.attempt, work.handle, held).await))
+                let mut span = self.attempt_span(exec, work.attempt);
+                span.set("nanofaas.resumed", true);
+                let step = self.follow(exec, &plugin, work.attempt, work.handle, held).await;
+                Self::end_attempt(span, &step);
+                (work.attempt, Some(step))
             }
             Start::Restarted { attempt } => {
                 let message = "the host process running this attempt stopped".to_string();
@@ -230,7 +238,10 @@ impl Dispatcher {
                         self.ledger_metrics_retry(exec);
                     }
                     tracing::debug!(attempt, "attempt started");
-                    self.attempt_once(exec, &plugin, attempt, held).await
+                    let span = self.attempt_span(exec, attempt);
+                    let step = self.attempt_once(exec, &plugin, attempt, held).await;
+                    Self::end_attempt(span, &step);
+                    step
                 }
             };
             let failure = match step {
@@ -253,6 +264,26 @@ impl Dispatcher {
             tracing::info!(attempt, code = %failure.code, delay_ms = delay.as_millis() as u64, "retrying");
             sleep(delay).await;
         }
+    }
+
+    /// The span of one attempt (ended when its step is known, or when the driver drops it).
+    fn attempt_span(&self, exec: &Execution, attempt: u32) -> Span {
+        let (parent, own) = (otel::execution(&exec.id, exec.trace), otel::attempt(&exec.id, exec.trace, attempt));
+        let mut span = Span::derived("attempt", SpanKind::Internal, parent, own);
+        span.set("nanofaas.attempt", i64::from(attempt));
+        span
+    }
+
+    fn end_attempt(mut span: Span, step: &Step) {
+        match step {
+            Step::Finished(Finish::Error { kind, error }) => span.fail(kind.as_str(), &error.code, &error.message),
+            Step::Retry(failure) => {
+                span.set("nanofaas.retryable", true);
+                span.fail(otel::PLATFORM, &failure.code, &failure.message);
+            }
+            Step::Finished(_) => {}
+        }
+        span.end();
     }
 
     fn ledger_metrics_retry(&self, exec: &Execution) {

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::function::{Function, FunctionSpec};
+use crate::otel::Parent;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -264,6 +265,8 @@ pub struct NewExecution {
     pub id: String,
     pub function: Arc<Function>,
     pub trace_id: String,
+    /// The caller's `traceparent`, when it sent one (then `trace_id` is its trace).
+    pub caller: Option<Parent>,
     pub idempotency_key: Option<String>,
     pub input: Input,
     pub timeout: Duration,
@@ -299,6 +302,9 @@ pub struct Execution {
     pub id: String,
     pub function: Arc<Function>,
     pub trace_id: String,
+    /// Where the execution's spans hang: the caller's span when it sent a `traceparent` (known
+    /// to the process that accepted it only), else the start of the trace `trace_id` names.
+    pub trace: Parent,
     pub idempotency_key: Option<String>,
     pub input: Input,
     pub accepted_at: SystemTime,
@@ -320,6 +326,7 @@ impl Execution {
             n.id,
             n.function,
             n.trace_id,
+            n.caller,
             n.idempotency_key,
             n.input,
             accepted_at,
@@ -346,6 +353,7 @@ impl Execution {
             record.id,
             function,
             record.trace_id,
+            None,
             record.idempotency_key,
             record.input,
             record.accepted_at,
@@ -369,6 +377,7 @@ impl Execution {
         id: String,
         function: Arc<Function>,
         trace_id: String,
+        caller: Option<Parent>,
         idempotency_key: Option<String>,
         input: Input,
         accepted_at: SystemTime,
@@ -379,6 +388,7 @@ impl Execution {
         Self {
             id,
             function,
+            trace: caller.unwrap_or_else(|| Parent::root(&trace_id)),
             trace_id,
             idempotency_key,
             input,
@@ -672,6 +682,7 @@ pub(crate) mod tests {
             id: "e1".into(),
             function,
             trace_id: "t".into(),
+            caller: None,
             idempotency_key: None,
             input,
             timeout: Duration::ZERO,

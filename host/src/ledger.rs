@@ -25,10 +25,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::execution::{
-    ErrorInfo, Execution, Finish, FinishedBy, Input, NewExecution, PendingWork, Record, ResultHold, Status,
+    ErrorInfo, ErrorKind, Execution, Finish, FinishedBy, Input, NewExecution, PendingWork, Record, ResultHold, Status,
 };
 use crate::function::{Function, FunctionSpec};
 use crate::metrics::Metrics;
+use crate::otel::{self, Parent, Span, SpanKind};
 use crate::queue::{Admission, Overload, Slot};
 use crate::store::{KeyRecord, Limit, Store, StoreError, Write, Written};
 
@@ -84,6 +85,9 @@ pub enum SubmitError {
     UnknownFunction(String),
     #[error("function `{function}` is at capacity: {concurrency} running and {queue_size} queued")]
     Overloaded { function: String, concurrency: u32, queue_size: u32 },
+    /// The function is registered but its dispatcher is not loaded here.
+    #[error("function `{function}` cannot run on this host: {reason}")]
+    Unavailable { function: String, reason: String },
     #[error(transparent)]
     Idempotency(#[from] IdempotencyConflict),
     /// The store could not record the execution, so it was not accepted.
@@ -103,6 +107,8 @@ pub struct IdempotencyConflict {
 #[derive(Clone, Debug, Default)]
 pub struct SubmitOptions {
     pub trace_id: Option<String>,
+    /// The caller's W3C `traceparent`; its trace is the execution's (over `trace_id`).
+    pub caller: Option<Parent>,
     pub idempotency_key: Option<String>,
     /// Narrows the function's timeout (never widens it).
     pub timeout: Option<Duration>,
@@ -297,7 +303,8 @@ impl Ledger {
             // Time-ordered (UUIDv7): new rows go to the end of the store's index, not anywhere.
             id: uuid::Uuid::now_v7().to_string(),
             function: function.clone(),
-            trace_id: opts.trace_id.unwrap_or_else(new_trace_id),
+            trace_id: opts.caller.map(|c| c.trace_hex()).or(opts.trace_id).unwrap_or_else(new_trace_id),
+            caller: opts.caller,
             idempotency_key: opts.idempotency_key.clone(),
             input,
             timeout,
@@ -350,6 +357,9 @@ impl Ledger {
         }
         self.lock().by_id.insert(exec.id.clone(), exec.clone());
         tracing::debug!(execution_id = %exec.id, function = name, trace_id = %exec.trace_id, durable, "execution accepted");
+        let mut span = Span::start("accept", SpanKind::Internal, otel::execution(&exec.id, exec.trace));
+        span.set("nanofaas.durable", durable);
+        span.since(exec.accepted_at).end();
         Ok(Accepted::New(exec, admission))
     }
 
@@ -538,6 +548,20 @@ impl Ledger {
             .observe(elapsed.as_secs_f64());
         if snapshot.status == Status::Timeout {
             self.metrics.timeouts.with_label_values(&[function]).inc();
+        }
+        if otel::enabled() {
+            let own = otel::execution(&exec.id, exec.trace);
+            let mut span = Span::derived(format!("execution {function}"), SpanKind::Server, exec.trace, own);
+            span.set("faas.invocation_id", exec.id.clone());
+            span.set("faas.name", function.to_string());
+            span.set("nanofaas.dispatcher", exec.function.dispatcher().to_string());
+            span.set("nanofaas.status", outcome);
+            span.set("nanofaas.attempts", i64::from(snapshot.attempt));
+            span.set("nanofaas.trace_id", exec.trace_id.clone());
+            if let Some(ErrorInfo { code, message }) = &snapshot.error {
+                span.fail(snapshot.error_kind.unwrap_or(ErrorKind::Platform).as_str(), code, message);
+            }
+            span.since(exec.accepted_at).end();
         }
         match &snapshot.error {
             None => tracing::info!(target: crate::telemetry::ACCESS, execution_id = %exec.id, function,

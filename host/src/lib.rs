@@ -13,6 +13,7 @@ pub mod execution;
 pub mod function;
 pub mod ledger;
 pub mod metrics;
+pub mod otel;
 pub mod plugin;
 pub mod queue;
 pub mod recovery;

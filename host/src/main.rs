@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use nanofaas::cli::{self, Cli, Command, PluginsCommand};
 use nanofaas::config::Config;
-use nanofaas::{Listeners, bootstrap, run, telemetry};
+use nanofaas::{Listeners, bootstrap, otel, run, telemetry};
 
 /// mimalloc: per-thread free lists and pages it reuses rather than glibc's per-thread arenas
 /// that grow and shrink with every request (see BENCHMARKS.md for what it gave).
@@ -42,8 +42,13 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let _logging = telemetry::init(config.log_format, config.access_log);
+    let traces = config.otlp_endpoint.as_deref().map(otel::install).transpose()?;
     let listeners = Listeners::bind(&config).await?;
-    run(config, listeners, shutdown_signal()).await
+    let result = run(config, listeners, shutdown_signal()).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    result
 }
 
 /// Lists what this binary would load; fails when any file is refused.

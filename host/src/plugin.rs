@@ -35,6 +35,7 @@ use crate::config::PluginLimits;
 pub use crate::execution::Output;
 pub use crate::function::FunctionView;
 use crate::metrics::Metrics;
+use crate::otel::{Span, SpanKind};
 
 pub use loader::{CatalogBuilder, LoadError};
 
@@ -62,6 +63,8 @@ pub struct Plugin {
 pub struct Catalog {
     engine: Engine,
     plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Plugin files that were refused: name → reason.
+    refused: BTreeMap<String, String>,
     pool_size: u32,
     memory_bytes: usize,
 }
@@ -81,6 +84,20 @@ impl Catalog {
         self.plugins.keys().map(String::as_str)
     }
 
+    /// Why functions of dispatcher `name` cannot run here; `None` when it is loaded.
+    pub fn unavailable(&self, name: &str) -> Option<String> {
+        if self.plugins.contains_key(name) {
+            return None;
+        }
+        Some(match self.refused.get(name) {
+            Some(reason) => format!("dispatcher `{name}` is not loaded on this host: its file was refused ({reason})"),
+            None => format!(
+                "dispatcher `{name}` is not loaded on this host (loaded: {})",
+                self.names().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.plugins.values()
     }
@@ -95,6 +112,8 @@ pub struct Invocation {
     pub content_type: String,
     pub metadata: Vec<(String, String)>,
     pub trace_id: String,
+    /// The attempt's span, parent of the plugin calls (host-side, not given to plugins).
+    pub trace: crate::otel::Parent,
     pub idempotency_key: Option<String>,
     pub deadline_unix_ms: u64,
     pub remaining_ms: u64,
@@ -195,6 +214,8 @@ pub struct CallContext {
     pub execution_id: Option<String>,
     pub function: Option<String>,
     pub trace_id: Option<String>,
+    /// Under a call of an invocation, its attempt's span; within the call, the call's span.
+    pub trace: crate::otel::Parent,
     pub attempt: u32,
     /// The execution's deadline, which bounds what the call starts (an HTTP request).
     pub deadline: Option<Instant>,
@@ -206,6 +227,7 @@ impl CallContext {
             execution_id: Some(inv.execution_id.clone()),
             function: Some(inv.function.name.clone()),
             trace_id: Some(inv.trace_id.clone()),
+            trace: inv.trace,
             attempt: inv.attempt,
             deadline: Some(Instant::now() + Duration::from_millis(inv.remaining_ms)),
         }
@@ -389,10 +411,21 @@ impl Plugins {
         &self,
         plugin: &Plugin,
         call: &'static str,
-        ctx: CallContext,
+        mut ctx: CallContext,
         held: &mut Held,
         f: impl AsyncFnOnce(&mut Store<HostState>, &bindings::Dispatcher) -> wasmtime::Result<T>,
     ) -> Result<T, PluginFault> {
+        let name = match call {
+            "dispatch" => "plugin dispatch",
+            "poll" => "plugin poll",
+            "release" => "plugin release",
+            _ => "plugin validate",
+        };
+        let mut span = Span::start(name, SpanKind::Internal, ctx.trace);
+        if span.is_recording() {
+            span.set("nanofaas.plugin", plugin.name.clone());
+        }
+        ctx.trace = span.context();
         let mut live = match held.0.take().filter(|live| *live.store.data().plugin == *plugin.name) {
             Some(mut live) => {
                 live.renew(ctx, &self.limits);
@@ -450,6 +483,7 @@ impl Plugins {
             "plugin fault"
         );
         let reason = crate::api::truncate(&fault.message, MAX_FAULT_REASON);
+        span.fail(crate::otel::PLATFORM, "PLUGIN_FAULT", &format!("{}: {reason}", fault.kind));
         Err(PluginFault { message: format!("plugin `{}` {call}: {reason}", plugin.name), ..fault })
     }
 

@@ -170,6 +170,9 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED", message)
                     .field("Idempotency-Key")
             }
+            SubmitError::Unavailable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "PLUGIN_UNAVAILABLE", message)
+            }
             SubmitError::Store(e) => ApiError::store(e),
         }
     }

@@ -53,7 +53,17 @@ pub(super) async fn action(
     let result: CallbackResult = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("INVALID_REQUEST", "body", format!("expected {{success, output, error}}: {e}"))
     })?;
+    let parent = crate::otel::attempt(&exec.id, exec.trace, attempt);
+    let mut span = crate::otel::Span::start("callback", crate::otel::SpanKind::Server, parent);
+    if span.is_recording() {
+        span.set("nanofaas.attempt", i64::from(attempt));
+        span.set("nanofaas.callback.success", result.success);
+    }
     let outcome = cp.complete(&exec, attempt, result).await;
+    if span.is_recording() {
+        span.set("nanofaas.callback.outcome", format!("{outcome:?}"));
+    }
+    span.end();
     if outcome == CallbackOutcome::Stale {
         current(&exec, attempt)?;
     }

@@ -51,6 +51,7 @@ pub(super) async fn action(
     params(("name" = String, Path, example = "echo", description = "The function"),
            ("X-Timeout-Ms" = Option<u64>, Header, nullable = false, minimum = 1, description = "A deadline shorter than the function's, 1 to the host's maximum"),
            ("X-Trace-Id" = Option<String>, Header, nullable = false, description = "1 to 128 of `[A-Za-z0-9._:-]`; anything else is replaced by a generated id"),
+           ("traceparent" = Option<String>, Header, nullable = false, description = "W3C trace context: the execution joins the caller's trace (its trace id becomes the traceId); an invalid one is ignored"),
            ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, pattern = "^[!-~]*$", description = "The same key and input attach to the same execution; 1 to 255 visible ASCII characters (empty: none)"),
            ("Accept" = Option<String>, Header, nullable = false, description = "`application/octet-stream` for the raw output of a success")),
     request_body(description = "`{\"input\": …}` as JSON, or raw bytes as `application/octet-stream`",
@@ -100,6 +101,7 @@ pub(super) async fn invoke(
     params(("name" = String, Path, example = "echo", description = "The function"),
            ("X-Timeout-Ms" = Option<u64>, Header, nullable = false, minimum = 1, description = "A deadline shorter than the function's, 1 to the host's maximum"),
            ("X-Trace-Id" = Option<String>, Header, nullable = false, description = "1 to 128 of `[A-Za-z0-9._:-]`; anything else is replaced by a generated id"),
+           ("traceparent" = Option<String>, Header, nullable = false, description = "W3C trace context: the execution joins the caller's trace (its trace id becomes the traceId); an invalid one is ignored"),
            ("Idempotency-Key" = Option<String>, Header, nullable = false, max_length = 255, pattern = "^[!-~]*$", description = "The same key and input attach to the same execution; 1 to 255 visible ASCII characters (empty: none)")),
     request_body(description = "`{\"input\": …}` as JSON, or raw bytes as `application/octet-stream`",
         content((InvokeRequest<'static> = "application/json"), (Vec<u8> = "application/octet-stream"))),
@@ -210,6 +212,7 @@ fn request(
     // nanofaas v1 reads X-Timeout-Ms on sync calls only; here it narrows async deadlines too.
     let opts = SubmitOptions {
         trace_id: super::trace_id(headers),
+        caller: super::traceparent(headers),
         idempotency_key: super::idempotency_key(headers)?,
         timeout: super::timeout(headers, cp.config().max_timeout)?,
         asynchronous,

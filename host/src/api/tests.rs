@@ -278,6 +278,24 @@ async fn body_limit_is_a_json_413() {
 }
 
 #[tokio::test]
+async fn a_function_whose_plugin_is_not_loaded_answers_503_with_the_reason() {
+    let (cp, app) = app().await;
+    let spec =
+        crate::function::FunctionSpec { name: "orphan".into(), dispatcher: Some("gone".into()), ..Default::default() };
+    cp.apply(spec).await.unwrap();
+    for action in ["invoke", "enqueue"] {
+        let r = post_json(&app, &format!("/v1/functions/orphan:{action}"), json!({"input": 1})).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.body["error"]["code"], "PLUGIN_UNAVAILABLE");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("orphan") && message.contains("dispatcher `gone` is not loaded"), "{message}");
+    }
+    // It is listed: it exists, it just cannot run here.
+    let r = send(&app, Method::GET, "/v1/functions/orphan", &[], AxumBody::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
 async fn enqueue_then_status() {
     let (_, app) = app().await;
     with_echo(&app, "echo").await;

@@ -23,6 +23,7 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::Wake;
+use crate::otel::{Parent, Span, SpanKind};
 
 /// One allowed destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +114,19 @@ pub struct HttpRequest {
     pub timeout: Option<Duration>,
 }
 
+impl HttpFailure {
+    /// A short name of the failure (a span's error code).
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpFailure::NotAllowed(_) => "NOT_ALLOWED",
+            HttpFailure::Connect(_) => "CONNECT",
+            HttpFailure::Timeout => "TIMEOUT",
+            HttpFailure::TooLarge(_) => "TOO_LARGE",
+            HttpFailure::Other(_) => "OTHER",
+        }
+    }
+}
+
 type Outcome = Result<HttpResponse, HttpFailure>;
 
 struct InFlight {
@@ -195,21 +209,33 @@ impl HttpCapability {
         }
     }
 
-    /// Starts a request for execution `owner`, bounded by `timeout`; returns its handle.
+    /// Starts a request for execution `owner`, bounded by `timeout`, in a span under `trace`
+    /// (whose context it sends as `traceparent`, unless the plugin set one); returns its handle.
     pub async fn start(
         &self,
         owner: &str,
         req: HttpRequest,
         body: Bytes,
         deadline: Duration,
+        trace: Parent,
     ) -> Result<String, HttpFailure> {
         self.check_url(&req.url).await.map_err(HttpFailure::NotAllowed)?;
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HttpFailure::Other(format!("`{}` is not an HTTP method", req.method)))?;
+        let mut span = Span::start(span_name(&method), SpanKind::Client, trace);
+        if span.is_recording() {
+            span.set("http.request.method", method.to_string());
+            span.set("url.full", req.url.clone());
+        }
         let timeout = req.timeout.map_or(deadline, |t| t.min(deadline));
         let mut builder = self.client.request(method, &req.url).timeout(timeout).body(body);
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
+        }
+        if let Some(traceparent) = span.context().traceparent()
+            && !req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        {
+            builder = builder.header("traceparent", traceparent);
         }
         let handle = format!("r{}", self.next.fetch_add(1, Ordering::Relaxed));
         let result = Arc::new(Mutex::new(None));
@@ -217,6 +243,20 @@ impl HttpCapability {
         let slot = result.clone();
         let task = tokio::spawn(async move {
             let outcome = perform(builder, max_body).await;
+            match &outcome {
+                Ok(response) => {
+                    span.set("http.response.status_code", i64::from(response.status));
+                    if response.status >= 500 {
+                        span.fail(
+                            crate::otel::PLATFORM,
+                            &response.status.to_string(),
+                            "the server answered with an error",
+                        );
+                    }
+                }
+                Err(failure) => span.fail(crate::otel::PLATFORM, failure.code(), &format!("{failure:?}")),
+            }
+            span.end();
             *slot.lock().expect("result lock") = Some(outcome);
             wake(&owner_id);
         });
@@ -257,6 +297,20 @@ impl HttpCapability {
     /// Requests the table holds.
     pub fn tracked(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// An HTTP client span's name: its method (OpenTelemetry's convention), `HTTP` for others.
+fn span_name(method: &reqwest::Method) -> &'static str {
+    use reqwest::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        _ => "HTTP",
     }
 }
 

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kube::api::{Api, DeleteParams, LogParams, PostParams, PropagationPolicy};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::ResetTimerBackoff;
@@ -397,6 +397,7 @@ impl KubernetesCapability {
         function: &str,
         attempt: u32,
         manifest: &str,
+        traceparent: Option<&str>,
     ) -> Result<String, ApiFailure> {
         let mut job: Job = serde_json::from_str(manifest)
             .map_err(|e| ApiFailure::invalid(format!("the manifest is not a Job: {e}")))?;
@@ -422,6 +423,19 @@ impl KubernetesCapability {
         add(&mut job.metadata.labels);
         if let Some(spec) = job.spec.as_mut() {
             add(&mut spec.template.metadata.get_or_insert_with(Default::default).labels);
+            if let (Some(traceparent), Some(pod)) = (traceparent, spec.template.spec.as_mut()) {
+                // The function may continue the trace (unless the plugin set the variable).
+                for container in &mut pod.containers {
+                    let env = container.env.get_or_insert_with(Vec::new);
+                    if !env.iter().any(|e| e.name == crate::otel::TRACEPARENT) {
+                        env.push(EnvVar {
+                            name: crate::otel::TRACEPARENT.into(),
+                            value: Some(traceparent.into()),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
         }
         self.0.features().await.apply(&mut job);
         let name = match self.0.jobs.create(&PostParams::default(), &job).await {
@@ -982,7 +996,7 @@ mod tests {
             assert_eq!(job["spec"]["template"]["metadata"]["labels"][EXECUTION_LABEL], "exec-1", "pods carry it too");
             send.send_response(respond(StatusCode::CREATED, job));
         });
-        assert_eq!(cap.create_job("exec-1", "fn", 2, MANIFEST).await, Ok("f-1".to_string()));
+        assert_eq!(cap.create_job("exec-1", "fn", 2, MANIFEST, None).await, Ok("f-1".to_string()));
         server.await.unwrap();
         assert_eq!(metrics.job_created.with_label_values(&["fn"]).get(), 1);
         assert_eq!(cap.tracked(), 1);
@@ -995,10 +1009,10 @@ mod tests {
     async fn jobs_the_pod_policy_refuses_never_reach_the_api_server() {
         let (cap, mut api, metrics) = capability();
         let privileged = MANIFEST.replace(r#""image":"i""#, r#""image":"i","securityContext":{"privileged":true}"#);
-        let e = cap.create_job("exec-1", "fn", 1, &privileged).await.unwrap_err();
+        let e = cap.create_job("exec-1", "fn", 1, &privileged, None).await.unwrap_err();
         assert!(e.message.contains("privileged containers are not allowed") && !e.retryable, "{e:?}");
         let other_account = MANIFEST.replace(r#""restartPolicy""#, r#""serviceAccountName":"admin","restartPolicy""#);
-        let e = cap.create_job("exec-1", "fn", 1, &other_account).await.unwrap_err();
+        let e = cap.create_job("exec-1", "fn", 1, &other_account, None).await.unwrap_err();
         assert!(e.message.contains("`admin` is not allowed"), "{e:?}");
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), api.next_request()).await.is_err(),
@@ -1034,14 +1048,14 @@ mod tests {
                 let (_, send) = api.next_request().await.expect("one request");
                 send.send_response(respond(StatusCode::from_u16(code).unwrap(), api_status(code, reason)));
             });
-            let e = cap.create_job("e", "fn", 1, MANIFEST).await.unwrap_err();
+            let e = cap.create_job("e", "fn", 1, MANIFEST, None).await.unwrap_err();
             server.await.unwrap();
             assert_eq!((e.status, e.reason.as_str(), e.retryable), (code, reason, retryable));
             assert!(e.message.contains("on purpose"));
             assert_eq!(cap.tracked(), 0, "nothing to clean up");
         }
         let (cap, _, _) = capability();
-        let e = cap.create_job("e", "fn", 1, "{not json").await.unwrap_err();
+        let e = cap.create_job("e", "fn", 1, "{not json", None).await.unwrap_err();
         assert!(!e.retryable && e.message.contains("not a Job"));
     }
 
@@ -1058,7 +1072,7 @@ mod tests {
             assert_eq!(body(req).await["propagationPolicy"], "Background");
             send.send_response(respond(StatusCode::NOT_FOUND, api_status(404, "NotFound")));
         });
-        cap.create_job("e", "fn", 1, MANIFEST).await.unwrap();
+        cap.create_job("e", "fn", 1, MANIFEST, None).await.unwrap();
         assert_eq!(cap.delete_job("e", "f-1").await, Ok(()), "already gone is fine");
         server.await.unwrap();
         assert!(cap.delete_job("other", "f-1").await.is_err(), "not someone else's Job");
@@ -1097,7 +1111,7 @@ mod tests {
         /// Creates Job `name` for execution `owner` (the mocked API server answers 201).
         async fn create(&mut self, owner: &str, name: &str) {
             let manifest = MANIFEST.replace(r#""name":"f-1""#, &format!(r#""name":"{name}""#));
-            let create = self.cap.create_job(owner, "fn", 1, &manifest);
+            let create = self.cap.create_job(owner, "fn", 1, &manifest, None);
             let serve = async {
                 let (req, send) = self.api.next_request().await.expect("create");
                 send.send_response(respond(StatusCode::CREATED, body(req).await));
@@ -1236,7 +1250,7 @@ mod tests {
             // Nothing after that.
             assert!(tokio::time::timeout(std::time::Duration::from_secs(3600), api.next_request()).await.is_err());
         });
-        cap.create_job("e", "fn", 1, MANIFEST).await.unwrap();
+        cap.create_job("e", "fn", 1, MANIFEST, None).await.unwrap();
         let e = cap.delete_job("e", "f-1").await.unwrap_err();
         assert!(e.retryable, "{e:?}");
         cap.release_owner("e");
@@ -1314,8 +1328,8 @@ mod tests {
                 }
                 specs
             });
-            cap.create_job("e", "fn", 1, MANIFEST).await.unwrap();
-            cap.create_job("e", "fn", 2, &MANIFEST.replace("f-1", "f-2")).await.unwrap();
+            cap.create_job("e", "fn", 1, MANIFEST, None).await.unwrap();
+            cap.create_job("e", "fn", 2, &MANIFEST.replace("f-1", "f-2"), None).await.unwrap();
             for spec in server.await.unwrap() {
                 if newer {
                     assert_eq!(spec["podReplacementPolicy"], "Failed", "{spec}");

@@ -63,6 +63,27 @@ async fn unknown_dispatcher_lists_the_available_ones() {
 }
 
 #[tokio::test]
+async fn a_function_whose_plugin_is_missing_is_applied_as_unavailable_and_refuses_invocations() {
+    let cp = control_plane(Config::default()).await;
+    // The API refuses it; the functions file applies it, so one missing plugin stops nothing.
+    let spec = FunctionSpec { dispatcher: Some("gone".into()), ..echo_spec("orphan") };
+    assert!(matches!(cp.register(spec.clone()).await, Err(RegisterError::UnknownDispatcher { .. })));
+    assert!(cp.apply(spec).await.unwrap());
+    assert_eq!(cp.registry().get("orphan").unwrap().spec.timeout_ms, Some(30_000), "resolved like any other");
+    match cp.submit("orphan", json_input("1"), SubmitOptions::default()).await {
+        Err(SubmitError::Unavailable { function, reason }) => {
+            assert_eq!(function, "orphan");
+            assert!(reason.contains("dispatcher `gone` is not loaded") && reason.contains("echo"), "{reason}");
+        }
+        other => panic!("unexpected {:?}", other.map(|a| a.execution().id.clone())),
+    }
+    assert_eq!(cp.ledger().len(), 0, "nothing was accepted");
+    // A spec the host itself refuses is still refused by the file.
+    let bad = FunctionSpec { dispatcher: Some("gone".into()), timeout_ms: Some(0), ..echo_spec("bad") };
+    assert!(cp.apply(bad).await.is_err());
+}
+
+#[tokio::test]
 async fn plugin_validate_refusal_is_reported() {
     let cp = control_plane(Config::default()).await;
     let spec = FunctionSpec { dispatcher_config: Some(serde_json::json!({"x": 1})), ..echo_spec("a") };

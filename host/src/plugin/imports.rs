@@ -9,6 +9,7 @@ use wasmtime::component::Resource;
 use super::bindings::nanofaas::dispatcher::{http, kubernetes, log, process, types};
 use super::{FaultKind, HostAbort, HostState, Payload};
 use crate::capability::Capability;
+use crate::otel::{Span, SpanKind, TRACEPARENT};
 
 impl HostState {
     /// The reason a capability cannot be used by this plugin now, if any.
@@ -158,7 +159,22 @@ impl process::Host for HostState {
             (Ok(owner), Ok(cap)) => (owner, cap),
             (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
         };
-        Ok(cap.spawn(&owner, command_spec(cmd), input).await)
+        let mut span = Span::start("process spawn", SpanKind::Internal, self.ctx.trace);
+        let mut spec = command_spec(cmd);
+        if let Some(program) = spec.argv.first().filter(|_| span.is_recording()) {
+            span.set("process.executable.name", program.clone());
+        }
+        // The process may continue the trace, as a Job's pod may.
+        if let Some(traceparent) = span.context().traceparent()
+            && !spec.env.iter().any(|(k, _)| k == TRACEPARENT)
+        {
+            spec.env.push((TRACEPARENT.to_string(), traceparent));
+        }
+        let spawned = cap.spawn(&owner, spec, input).await;
+        if let Err(e) = &spawned {
+            span.fail(crate::otel::PLATFORM, "SPAWN_FAILED", e);
+        }
+        Ok(spawned)
     }
 
     async fn status(&mut self, handle: String) -> wasmtime::Result<Result<Option<process::Exit>, String>> {
@@ -228,7 +244,7 @@ impl http::Host for HostState {
             headers: req.headers,
             timeout: req.timeout_ms.map(|ms| std::time::Duration::from_millis(ms.into())),
         };
-        Ok(cap.start(&owner, request, body, remaining).await.map_err(http_error))
+        Ok(cap.start(&owner, request, body, remaining, self.ctx.trace).await.map_err(http_error))
     }
 
     async fn take_response(
@@ -286,7 +302,15 @@ impl kubernetes::Host for HostState {
             (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
         };
         let function = self.ctx.function.clone().unwrap_or_default();
-        Ok(cap.create_job(&owner, &function, self.ctx.attempt, &manifest).await.map_err(api_error))
+        let mut span = Span::start("kubernetes job create", SpanKind::Client, self.ctx.trace);
+        let traceparent = span.context().traceparent();
+        let created = cap.create_job(&owner, &function, self.ctx.attempt, &manifest, traceparent.as_deref()).await;
+        match &created {
+            Ok(name) if span.is_recording() => span.set("k8s.job.name", name.clone()),
+            Ok(_) => {}
+            Err(e) => span.fail(crate::otel::PLATFORM, &e.reason, &e.message),
+        }
+        Ok(created.map_err(api_error))
     }
 
     async fn job_status(
@@ -332,6 +356,14 @@ impl kubernetes::Host for HostState {
             (Ok(cap), Ok(owner)) => (cap, owner),
             (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
         };
-        Ok(cap.delete_job(&owner, &name).await.map_err(api_error))
+        let mut span = Span::start("kubernetes job delete", SpanKind::Client, self.ctx.trace);
+        if span.is_recording() {
+            span.set("k8s.job.name", name.clone());
+        }
+        let deleted = cap.delete_job(&owner, &name).await;
+        if let Err(e) = &deleted {
+            span.fail(crate::otel::PLATFORM, &e.reason, &e.message);
+        }
+        Ok(deleted.map_err(api_error))
     }
 }

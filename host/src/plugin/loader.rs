@@ -34,6 +34,8 @@ pub struct CatalogBuilder {
     engine: Engine,
     linker: Linker<HostState>,
     plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Files of the plugin directory that were refused: plugin name → reason.
+    refused: BTreeMap<String, String>,
     pool_size: u32,
     memory_bytes: usize,
 }
@@ -65,7 +67,14 @@ impl CatalogBuilder {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
         Dispatcher::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("cannot link the host imports: {e:#}"))?;
-        Ok(Self { engine, linker, plugins: BTreeMap::new(), pool_size, memory_bytes: limits.memory_bytes })
+        Ok(Self {
+            engine,
+            linker,
+            plugins: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            pool_size,
+            memory_bytes: limits.memory_bytes,
+        })
     }
 
     /// Adds a plugin from component bytes.
@@ -129,6 +138,7 @@ impl CatalogBuilder {
                 });
             if let Err(e) = result {
                 tracing::error!(file = %e.what, reason = %e.reason, "plugin refused");
+                self.refused.insert(name, e.reason.clone());
                 refused.push(e);
             }
         }
@@ -139,6 +149,7 @@ impl CatalogBuilder {
         Catalog {
             engine: self.engine,
             plugins: self.plugins,
+            refused: self.refused,
             pool_size: self.pool_size,
             memory_bytes: self.memory_bytes,
         }

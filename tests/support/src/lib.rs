@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod kube;
+pub mod otlp;
 pub mod postgres;
 
 /// Paths of the guest components built for the tests.
