@@ -98,11 +98,16 @@ async fn a_dropped_in_plugin_serves_a_function() {
     let dir_arg = dir.path().to_str().unwrap();
     // A functions file naming the refused plugin does not stop the start.
     let functions = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(functions.path(), "- {name: fragile, dispatcher: broken}\n").unwrap();
+    let file = "- {name: fragile, dispatcher: broken}\n- {name: scaled, executionMode: LOCAL, scalingConfig: {minReplicas: 2}}\n";
+    std::fs::write(functions.path(), file).unwrap();
     let functions_arg = functions.path().to_str().unwrap();
     let host = Host::start(binary(), &["--plugin-dir", dir_arg, "--functions", functions_arg], &[]).await.unwrap();
 
-    let logs = host.logs_when(|l| l.contains("broken.wasm") && l.contains("already taken")).await;
+    let logs = host
+        .logs_when(|l| l.contains("broken.wasm") && l.contains("already taken") && l.contains("spec warning"))
+        .await;
+    // What the file says that is not acted on is logged, as the API answers it in headers.
+    assert!(logs.contains("function spec warning") && logs.contains("scalingConfig is ignored"), "{logs}");
     assert!(logs.contains("plugin refused") && logs.contains("broken.wasm"), "{logs}");
     assert!(logs.contains("already taken by a built-in plugin"), "{logs}");
     // Its function is there, unavailable: its invocations say why, nothing is accepted.

@@ -1,9 +1,16 @@
-//! The function-side contract, shared by the `local` and `pool` plugins (compiled to Wasm) and
-//! by `nanofaas-runtime`: the JSON envelope a function receives.
+//! The function-side contract: what a writer in one crate and a reader in another must agree
+//! on, written once.
 //!
-//! `{"input": <input>, "metadata": {<the caller's metadata>}}`. A JSON input is embedded as is
-//! (the envelope is built around it, so it is never re-encoded); any other input becomes a JSON
-//! string, base64-encoded (with `"inputEncoding": "base64"`) when it is not UTF-8.
+//! - The STDIO envelope a function receives, shared by the `local` and `pool` plugins (compiled
+//!   to Wasm) and by `nanofaas-runtime`:
+//!   `{"input": <input>, "metadata": {<the caller's metadata>}}`. A JSON input is embedded as is
+//!   (the envelope is built around it, so it is never re-encoded); any other input becomes a
+//!   JSON string, base64-encoded (with `"inputEncoding": "base64"`) when it is not UTF-8.
+//! - [`env`]: the environment variables a function's process or pod gets (written by the
+//!   `local` plugin, the Job manifests of `jobkit` and the host; read by the runtime and by
+//!   functions).
+//! - [`termination`]: the result envelope `nanofaas-runtime` writes to a pod's termination
+//!   message and the Job plugins read back when no callback came.
 
 use serde_json::{Map, Value};
 
@@ -50,8 +57,113 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Environment variables of a function's process (local) or pod (Job).
+pub mod env {
+    pub const FUNCTION_NAME: &str = "FUNCTION_NAME";
+    pub const EXECUTION_ID: &str = "EXECUTION_ID";
+    /// 1 for the first attempt, then 2, 3, …
+    pub const ATTEMPT: &str = "ATTEMPT";
+    /// The execution's trace id (the caller's `X-Trace-Id`, or generated).
+    pub const TRACE_ID: &str = "TRACE_ID";
+    /// A W3C `traceparent` naming the span the function runs under, set by the host.
+    pub const TRACEPARENT: &str = "TRACEPARENT";
+    /// The deadline, milliseconds since the Unix epoch.
+    pub const DEADLINE_UNIX_MS: &str = "DEADLINE_UNIX_MS";
+    // Job pods only, for nanofaas-runtime:
+    pub const CONTENT_TYPE: &str = "CONTENT_TYPE";
+    /// The caller's metadata as a JSON object.
+    pub const FUNCTION_METADATA: &str = "FUNCTION_METADATA";
+    pub const CALLBACK_URL: &str = "CALLBACK_URL";
+    pub const CALLBACK_TOKEN: &str = "CALLBACK_TOKEN";
+    /// How long the runtime may keep retrying its callback, in milliseconds.
+    pub const CALLBACK_BUDGET_MS: &str = "CALLBACK_BUDGET_MS";
+    /// The input, inline (when it fits), else fetched from [`INPUT_URL`].
+    pub const INVOCATION_PAYLOAD: &str = "INVOCATION_PAYLOAD";
+    pub const INPUT_URL: &str = "INPUT_URL";
+    /// `STDIO`, `FILE` or `HTTP`.
+    pub const RUNTIME_MODE: &str = "RUNTIME_MODE";
+}
+
+/// The result envelope of a pod's termination message:
+/// `{"v":1, "success", "output" | "outputSize" + "outputSha256", "error", "exitCode"}`.
+pub mod termination {
+    use serde_json::{Value, json};
+
+    /// Kubernetes keeps at most 4096 bytes of a termination message.
+    pub const LIMIT: usize = 4096;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Envelope {
+        /// The output, as JSON text.
+        Output(String),
+        /// An output too large for the message: its size and SHA-256 (hex).
+        TooLarge {
+            size: u64,
+            sha256: String,
+        },
+        Error {
+            code: String,
+            message: String,
+            exit_code: Option<i32>,
+        },
+    }
+
+    impl Envelope {
+        /// The envelope as written (an `Output`'s text is embedded as is, never re-encoded).
+        pub fn to_json(&self) -> String {
+            match self {
+                Envelope::Output(output) => format!(r#"{{"v":1,"success":true,"output":{output}}}"#),
+                Envelope::TooLarge { size, sha256 } => {
+                    json!({"v": 1, "success": true, "outputSize": size, "outputSha256": sha256}).to_string()
+                }
+                Envelope::Error { code, message, exit_code } => {
+                    json!({"v": 1, "success": false, "exitCode": exit_code, "error": {"code": code, "message": message}})
+                        .to_string()
+                }
+            }
+        }
+
+        /// An envelope read back; `None` when the text is not one (another program's message).
+        pub fn parse(text: &str) -> Option<Self> {
+            let v: Value = serde_json::from_str(text).ok()?;
+            if v["v"] != 1 {
+                return None;
+            }
+            if v["success"] == true {
+                if let Some(output) = v.get("output") {
+                    return Some(Envelope::Output(output.to_string()));
+                }
+                return Some(Envelope::TooLarge {
+                    size: v["outputSize"].as_u64().unwrap_or(0),
+                    sha256: v["outputSha256"].as_str().unwrap_or("").to_string(),
+                });
+            }
+            Some(Envelope::Error {
+                code: v["error"]["code"].as_str().unwrap_or("FUNCTION_ERROR").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+                exit_code: v["exitCode"].as_i64().and_then(|e| i32::try_from(e).ok()),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn termination_envelopes_read_back_as_written() {
+        use super::termination::Envelope;
+        for envelope in [
+            Envelope::Output(r#"{"a":[1,2]}"#.into()),
+            Envelope::TooLarge { size: 9000, sha256: "ab".repeat(32) },
+            Envelope::Error { code: "FUNCTION_ERROR".into(), message: "boom \"quoted\"".into(), exit_code: Some(3) },
+            Envelope::Error { code: "NO_OUTPUT".into(), message: String::new(), exit_code: None },
+        ] {
+            assert_eq!(Envelope::parse(&envelope.to_json()), Some(envelope.clone()), "{}", envelope.to_json());
+        }
+        assert_eq!(Envelope::parse("killed by the OOM killer"), None);
+        assert_eq!(Envelope::parse(r#"{"v":2,"success":true}"#), None, "a version it does not know");
+    }
+
     use super::*;
 
     #[test]

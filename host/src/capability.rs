@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod kubernetes;
+pub mod owned;
 pub mod pod_policy;
 pub mod process;
 

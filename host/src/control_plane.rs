@@ -142,6 +142,14 @@ pub struct Parts {
     pub machine: String,
 }
 
+/// Logs what a spec says that will not be acted on (the API also answers it as `Warning`
+/// headers; the functions file has only the log).
+fn log_warnings(spec: &FunctionSpec) {
+    for warning in spec.warnings() {
+        tracing::warn!(function = %spec.name, %warning, "function spec warning");
+    }
+}
+
 impl ControlPlane {
     /// A control plane over `parts`. The callback secret is the configured one, else the
     /// store's (generated once and kept, so tokens survive restarts and hold across replicas).
@@ -297,6 +305,7 @@ impl ControlPlane {
         if let Err(reason) = self.plugins().validate(&plugin, &spec.view()).await? {
             return Err(RegisterError::Refused { plugin: dispatcher, reason });
         }
+        log_warnings(&spec);
         Ok(spec)
     }
 
@@ -330,6 +339,7 @@ impl ControlPlane {
             Err(RegisterError::UnknownDispatcher { .. }) => {
                 let spec = spec.resolve(self.0.config.max_timeout)?;
                 self.warn_if_unavailable(&spec);
+                log_warnings(&spec);
                 spec
             }
             validated => validated?,

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 /// The environment variable that gives a Job's pod or a local process its parent span, as a
 /// W3C `traceparent` (the convention of OpenTelemetry's environment carriers).
-pub const TRACEPARENT: &str = "TRACEPARENT";
+pub use nanofaas_contract::env::TRACEPARENT;
 
 /// The exporter of this process, once installed.
 static EXPORTER: OnceLock<Exporter> = OnceLock::new();

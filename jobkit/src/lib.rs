@@ -9,6 +9,7 @@
 //! the runtime image copies `nanofaas-runtime` into a shared volume and the function container
 //! runs it in front of the function's command, so function images need not contain it.
 
+use nanofaas_contract::env;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -140,30 +141,30 @@ pub fn manifest(f: &Function, a: &Attempt, input: Input, config: &Config) -> Val
     let metadata: serde_json::Map<String, Value> =
         a.metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let mut put = |k: &str, v: String| env.push(json!({"name": k, "value": v}));
-    put("FUNCTION_NAME", f.name.into());
-    put("EXECUTION_ID", a.execution_id.into());
-    put("ATTEMPT", a.attempt.to_string());
-    put("TRACE_ID", a.trace_id.into());
-    put("DEADLINE_UNIX_MS", a.deadline_unix_ms.to_string());
-    put("CONTENT_TYPE", a.content_type.into());
-    put("FUNCTION_METADATA", Value::Object(metadata).to_string());
-    put("CALLBACK_TOKEN", a.callback_token.into());
+    put(env::FUNCTION_NAME, f.name.into());
+    put(env::EXECUTION_ID, a.execution_id.into());
+    put(env::ATTEMPT, a.attempt.to_string());
+    put(env::TRACE_ID, a.trace_id.into());
+    put(env::DEADLINE_UNIX_MS, a.deadline_unix_ms.to_string());
+    put(env::CONTENT_TYPE, a.content_type.into());
+    put(env::FUNCTION_METADATA, Value::Object(metadata).to_string());
+    put(env::CALLBACK_TOKEN, a.callback_token.into());
     if let Some(url) = a.callback_url {
-        put("CALLBACK_URL", url.into());
+        put(env::CALLBACK_URL, url.into());
     }
     match input {
-        Input::Inline(text) => put("INVOCATION_PAYLOAD", text),
+        Input::Inline(text) => put(env::INVOCATION_PAYLOAD, text),
         Input::Fetch => {
             if let Some(url) = a.callback_url.and_then(input_url) {
-                put("INPUT_URL", url);
+                put(env::INPUT_URL, url);
             }
         }
     }
     if let Some(mode) = &config.runtime_mode {
-        put("RUNTIME_MODE", mode.to_ascii_uppercase());
+        put(env::RUNTIME_MODE, mode.to_ascii_uppercase());
     }
     if let Some(budget) = config.callback_budget_ms {
-        put("CALLBACK_BUDGET_MS", budget.to_string());
+        put(env::CALLBACK_BUDGET_MS, budget.to_string());
     }
 
     let runtime = if config.runtime_in_image {
@@ -258,33 +259,8 @@ pub enum Verdict {
     },
 }
 
-/// The runtime's result envelope (`{"v":1, "success", "output" | "outputSize", "error", "exitCode"}`).
-#[derive(Debug, PartialEq)]
-pub enum Envelope {
-    Output(String),
-    TooLarge { size: u64, sha256: String },
-    Error { code: String, message: String },
-}
-
-pub fn parse_envelope(text: &str) -> Option<Envelope> {
-    let v: Value = serde_json::from_str(text).ok()?;
-    if v["v"] != 1 {
-        return None;
-    }
-    if v["success"] == true {
-        if let Some(output) = v.get("output") {
-            return Some(Envelope::Output(output.to_string()));
-        }
-        return Some(Envelope::TooLarge {
-            size: v["outputSize"].as_u64().unwrap_or(0),
-            sha256: v["outputSha256"].as_str().unwrap_or("").to_string(),
-        });
-    }
-    Some(Envelope::Error {
-        code: v["error"]["code"].as_str().unwrap_or("FUNCTION_ERROR").to_string(),
-        message: v["error"]["message"].as_str().unwrap_or("").to_string(),
-    })
-}
+/// The runtime's result envelope, as the contract defines it.
+pub use nanofaas_contract::termination::Envelope;
 
 pub fn verdict(state: &State) -> Verdict {
     let condition = |kind: &str| state.conditions.iter().find(|c| c.0 == kind && c.1 == "True");
@@ -296,7 +272,7 @@ pub fn verdict(state: &State) -> Verdict {
         return failed(Some(p), None, None);
     }
     if condition("Complete").is_some() {
-        let envelope = state.pods.iter().find_map(|p| p.termination_message.as_deref().and_then(parse_envelope));
+        let envelope = state.pods.iter().find_map(|p| p.termination_message.as_deref().and_then(Envelope::parse));
         return Verdict::Succeeded(envelope);
     }
     Verdict::Running
@@ -305,8 +281,8 @@ pub fn verdict(state: &State) -> Verdict {
 fn failed(pod: Option<&Pod>, reason: Option<&str>, message: Option<&str>) -> Verdict {
     let exit = pod.and_then(|p| p.exit_code);
     // The runtime's own account of the failure comes first.
-    if let Some(Envelope::Error { code, message }) =
-        pod.and_then(|p| p.termination_message.as_deref()).and_then(parse_envelope)
+    if let Some(Envelope::Error { code, message, .. }) =
+        pod.and_then(|p| p.termination_message.as_deref()).and_then(Envelope::parse)
     {
         let message = match exit {
             Some(e) => format!("{message} (exit code {e})"),
@@ -472,15 +448,5 @@ mod tests {
         }
         let segv = State { conditions: vec![], pods: vec![pod("Failed", Some(139), None)] };
         assert!(matches!(verdict(&segv), Verdict::Failed { function_error: true, .. }));
-    }
-
-    #[test]
-    fn envelopes() {
-        assert_eq!(
-            parse_envelope(r#"{"v":1,"success":true,"outputSize":5000,"outputSha256":"ab"}"#),
-            Some(Envelope::TooLarge { size: 5000, sha256: "ab".into() })
-        );
-        assert_eq!(parse_envelope("not json"), None);
-        assert_eq!(parse_envelope(r#"{"v":2}"#), None);
     }
 }

@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use nanofaas_contract::env;
 
 /// How the function program is driven.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +46,8 @@ fn required(name: &str) -> anyhow::Result<String> {
 
 impl Invocation {
     pub fn from_env() -> anyhow::Result<Self> {
-        let deadline_ms: u64 = required("DEADLINE_UNIX_MS")?.parse().context("DEADLINE_UNIX_MS is not a number")?;
-        let metadata = match var("FUNCTION_METADATA") {
+        let deadline_ms: u64 = required(env::DEADLINE_UNIX_MS)?.parse().context("DEADLINE_UNIX_MS is not a number")?;
+        let metadata = match var(env::FUNCTION_METADATA) {
             Some(json) => {
                 let map: serde_json::Map<String, serde_json::Value> =
                     serde_json::from_str(&json).context("FUNCTION_METADATA is not a JSON object")?;
@@ -54,25 +55,25 @@ impl Invocation {
             }
             None => Vec::new(),
         };
-        let mode = match var("RUNTIME_MODE").as_deref().map(str::to_ascii_uppercase).as_deref() {
+        let mode = match var(env::RUNTIME_MODE).as_deref().map(str::to_ascii_uppercase).as_deref() {
             None | Some("STDIO") => Mode::Stdio,
             Some("FILE") => Mode::File,
             Some("HTTP") => Mode::Http,
             Some(other) => anyhow::bail!("RUNTIME_MODE `{other}` is not STDIO, FILE or HTTP"),
         };
-        let inline = var("INVOCATION_PAYLOAD");
-        let input_url = var("INPUT_URL");
+        let inline = var(env::INVOCATION_PAYLOAD);
+        let input_url = var(env::INPUT_URL);
         anyhow::ensure!(inline.is_some() || input_url.is_some(), "neither INVOCATION_PAYLOAD nor INPUT_URL is set");
         Ok(Self {
-            execution_id: required("EXECUTION_ID")?,
-            attempt: var("ATTEMPT").and_then(|a| a.parse().ok()).unwrap_or(1),
-            trace_id: var("TRACE_ID").unwrap_or_default(),
-            function: var("FUNCTION_NAME").unwrap_or_default(),
+            execution_id: required(env::EXECUTION_ID)?,
+            attempt: var(env::ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(1),
+            trace_id: var(env::TRACE_ID).unwrap_or_default(),
+            function: var(env::FUNCTION_NAME).unwrap_or_default(),
             deadline: UNIX_EPOCH + Duration::from_millis(deadline_ms),
-            callback_url: var("CALLBACK_URL"),
-            callback_token: var("CALLBACK_TOKEN").unwrap_or_default(),
-            callback_budget: var("CALLBACK_BUDGET_MS").and_then(|v| v.parse().ok()).map(Duration::from_millis),
-            content_type: var("CONTENT_TYPE").unwrap_or_else(|| "application/json".into()),
+            callback_url: var(env::CALLBACK_URL),
+            callback_token: var(env::CALLBACK_TOKEN).unwrap_or_default(),
+            callback_budget: var(env::CALLBACK_BUDGET_MS).and_then(|v| v.parse().ok()).map(Duration::from_millis),
+            content_type: var(env::CONTENT_TYPE).unwrap_or_else(|| "application/json".into()),
             metadata,
             inline,
             input_url,

@@ -9,8 +9,8 @@ use crate::config::Invocation;
 use crate::function::Output;
 use crate::log;
 
-/// Kubernetes keeps at most 4096 bytes of a termination message.
-pub const TERMINATION_LIMIT: usize = 4096;
+use nanofaas_contract::termination::Envelope;
+pub use nanofaas_contract::termination::LIMIT as TERMINATION_LIMIT;
 
 /// Why there is no output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,20 +35,19 @@ impl Failure {
 pub fn envelope(result: &Result<Output, Failure>) -> String {
     match result {
         Ok(output) => {
-            let full = format!(r#"{{"v":1,"success":true,"output":{output}}}"#);
+            let full = Envelope::Output(output.to_string()).to_json();
             if full.len() <= TERMINATION_LIMIT {
                 return full;
             }
             let digest = Sha256::digest(output.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            json!({"v": 1, "success": true, "outputSize": output.len(), "outputSha256": hex}).to_string()
+            let sha256: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            Envelope::TooLarge { size: output.len() as u64, sha256 }.to_json()
         }
         Err(f) => {
             let mut message = f.message.clone();
             loop {
-                let doc = json!({"v": 1, "success": false, "exitCode": f.exit_code,
-                    "error": {"code": f.code, "message": message}})
-                .to_string();
+                let doc = Envelope::Error { code: f.code.clone(), message: message.clone(), exit_code: f.exit_code }
+                    .to_json();
                 if doc.len() <= TERMINATION_LIMIT {
                     return doc;
                 }

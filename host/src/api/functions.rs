@@ -120,7 +120,6 @@ fn add_etag(response: &mut Response, spec: &FunctionSpec) {
 /// for each part of the spec that was accepted but will not be acted on.
 fn add_warnings(response: &mut Response, spec: &FunctionSpec) {
     for warning in spec.warnings() {
-        tracing::warn!(function = %spec.name, %warning, "function spec warning");
         let quoted = warning.replace('\\', "\\\\").replace('"', "\\\"");
         if let Ok(value) = HeaderValue::from_str(&format!("299 nanofaas \"{quoted}\"")) {
             response.headers_mut().append(header::WARNING, value);

@@ -11,7 +11,6 @@
 //! is woken when the response is complete, and an execution that ends aborts its requests.
 //! Connections are pooled and reused across executions.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::Wake;
+use super::owned::Owned;
 use crate::otel::{Parent, Span, SpanKind};
 
 /// One allowed destination.
@@ -130,7 +130,6 @@ impl HttpFailure {
 type Outcome = Result<HttpResponse, HttpFailure>;
 
 struct InFlight {
-    owner: String,
     result: Arc<Mutex<Option<Outcome>>>,
     task: tokio::task::AbortHandle,
 }
@@ -139,7 +138,7 @@ pub struct HttpCapability {
     client: reqwest::Client,
     allow: Arc<AllowList>,
     max_body: usize,
-    requests: Mutex<HashMap<String, InFlight>>,
+    requests: Owned<InFlight>,
     next: AtomicU64,
     wake: Wake,
 }
@@ -173,11 +172,7 @@ impl HttpCapability {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .expect("the HTTP client configuration is valid");
-        Self { client, allow, max_body, requests: Mutex::new(HashMap::new()), next: AtomicU64::new(1), wake }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
-        self.requests.lock().expect("request table lock")
+        Self { client, allow, max_body, requests: Owned::default(), next: AtomicU64::new(1), wake }
     }
 
     /// Whether a URL may be called.
@@ -260,43 +255,32 @@ impl HttpCapability {
             *slot.lock().expect("result lock") = Some(outcome);
             wake(&owner_id);
         });
-        self.lock().insert(handle.clone(), InFlight { owner: owner.to_string(), result, task: task.abort_handle() });
+        self.requests.insert(handle.clone(), owner, InFlight { result, task: task.abort_handle() });
         Ok(handle)
     }
 
     /// The outcome of `handle`, handed over once; none while in flight. Only its owner may take it.
     pub fn take_response(&self, owner: &str, handle: &str) -> Option<Outcome> {
-        let mut requests = self.lock();
-        let done = requests
-            .get(handle)
-            .filter(|r| r.owner == owner)
-            .is_some_and(|r| r.result.lock().expect("result lock").is_some());
-        if !done {
-            return None;
-        }
-        let r = requests.remove(handle).expect("present");
+        let done = |r: &InFlight| r.result.lock().expect("result lock").is_some();
+        let r = self.requests.take_if(owner, handle, done)?;
         r.result.lock().expect("result lock").take()
     }
 
     /// The execution ended: abort its requests and forget them.
     pub fn release_owner(&self, owner: &str) {
-        self.lock().retain(|_, r| {
-            if r.owner != owner {
-                return true;
-            }
+        for (_, r) in self.requests.release(owner) {
             r.task.abort();
-            false
-        });
+        }
     }
 
     /// Whether `owner` has requests here (work that dies with this host process).
     pub fn owns_any(&self, owner: &str) -> bool {
-        self.lock().values().any(|r| r.owner == owner)
+        self.requests.owns_any(owner)
     }
 
     /// Requests the table holds.
     pub fn tracked(&self) -> usize {
-        self.lock().len()
+        self.requests.len()
     }
 }
 

@@ -43,6 +43,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::time::Instant;
 
 use super::Wake;
+use super::owned::Owned;
 use super::pod_policy::PodPolicy;
 use crate::metrics::Metrics;
 
@@ -291,8 +292,8 @@ pub struct JobState {
     pub pods: Vec<PodState>,
 }
 
-struct Owned {
-    owner: String,
+/// What the host follows of one Job it created (its owner is the execution's id).
+struct Tracked {
     function: String,
     created: Instant,
     /// The watch cache has had the Job (so a later absence means it is gone).
@@ -353,7 +354,7 @@ struct Inner {
     job_cache: Store<Job>,
     pod_cache: Store<Pod>,
     namespace: String,
-    owned: Mutex<HashMap<String, Owned>>,
+    owned: Owned<Tracked>,
     metrics: Metrics,
     wake: Wake,
     job_watch: WatchHealth,
@@ -515,18 +516,13 @@ impl KubernetesCapability {
 
     /// Forgets execution `owner`'s Jobs without deleting them (another host process takes them).
     pub fn forget_owner(&self, owner: &str) {
-        self.0.owned.lock().expect("owned lock").retain(|_, o| o.owner != owner);
+        self.0.owned.release(owner);
     }
 
     /// The Job's status from the watch cache; `None` when it existed and is gone. A Job just
     /// created that the watch has not delivered yet reads as an empty status, not as gone.
     pub fn job_status(&self, owner: &str, name: &str) -> Result<Option<JobState>, ApiFailure> {
-        let seen = match self.0.owned.lock().expect("owned lock").get(name) {
-            Some(o) if o.owner == owner => o.seen,
-            _ => {
-                return Err(ApiFailure::not_owned(name));
-            }
-        };
+        let seen = self.0.owned.with(owner, name, |o| o.seen).ok_or_else(|| ApiFailure::not_owned(name))?;
         let Some(job) = self.0.job_cache.get(&ObjectRef::new(name).within(&self.0.namespace)) else {
             return Ok((!seen).then(JobState::default));
         };
@@ -592,14 +588,9 @@ impl KubernetesCapability {
     /// Deletes a Job of `owner` and its pods. A Job already gone is not an error. When the delete
     /// fails it is not marked deleted, so releasing the execution deletes it again (with retries).
     pub async fn delete_job(&self, owner: &str, name: &str) -> Result<(), ApiFailure> {
-        match self.0.owned.lock().expect("owned lock").get(name) {
-            Some(o) if o.owner == owner => {}
-            _ => return Err(ApiFailure::not_owned(name)),
-        }
+        self.0.owned.with(owner, name, |_| ()).ok_or_else(|| ApiFailure::not_owned(name))?;
         self.0.delete(name).await?;
-        if let Some(o) = self.0.owned.lock().expect("owned lock").get_mut(name) {
-            o.deleted = true;
-        }
+        self.0.owned.with(owner, name, |o| o.deleted = true);
         Ok(())
     }
 
@@ -616,17 +607,7 @@ impl KubernetesCapability {
 
     /// The execution ended: delete its Jobs the plugin did not delete, and forget them all.
     pub fn release_owner(&self, owner: &str) {
-        let mut leftover = Vec::new();
-        self.0.owned.lock().expect("owned lock").retain(|name, o| {
-            if o.owner != owner {
-                return true;
-            }
-            if !o.deleted {
-                leftover.push(name.clone());
-            }
-            false
-        });
-        for name in leftover {
+        for (name, _) in self.0.owned.release(owner).into_iter().filter(|(_, o)| !o.deleted) {
             tokio::spawn(self.0.clone().delete_until_gone(name, "a finished execution's"));
         }
     }
@@ -639,19 +620,17 @@ impl KubernetesCapability {
         if !self.0.listed.load(std::sync::atomic::Ordering::Acquire) {
             return Vec::new();
         }
-        let now: HashMap<String, String> = {
-            let owned = self.0.owned.lock().expect("owned lock");
-            self.0
-                .job_cache
-                .state()
-                .iter()
-                .filter_map(|j| {
-                    let name = j.metadata.name.clone()?;
-                    let owner = Inner::owner_of(j.metadata.labels.as_ref())?;
-                    (!owned.contains_key(&name)).then_some((name, owner))
-                })
-                .collect()
-        };
+        let now: HashMap<String, String> = self
+            .0
+            .job_cache
+            .state()
+            .iter()
+            .filter_map(|j| {
+                let name = j.metadata.name.clone()?;
+                let owner = Inner::owner_of(j.metadata.labels.as_ref())?;
+                (!self.0.owned.contains(&name)).then_some((name, owner))
+            })
+            .collect();
         let mut suspects = self.0.suspects.lock().expect("suspects lock");
         let found =
             now.iter().filter(|(name, _)| suspects.contains(*name)).map(|(n, o)| (n.clone(), o.clone())).collect();
@@ -670,7 +649,7 @@ impl KubernetesCapability {
 
     /// Jobs the host tracks (created and not yet released).
     pub fn tracked(&self) -> usize {
-        self.0.owned.lock().expect("owned lock").len()
+        self.0.owned.len()
     }
 }
 
@@ -684,7 +663,7 @@ impl Inner {
             job_cache,
             pod_cache,
             namespace: cluster.namespace.clone(),
-            owned: Mutex::new(HashMap::new()),
+            owned: Owned::default(),
             metrics,
             wake,
             job_watch: WatchHealth::default(),
@@ -696,10 +675,10 @@ impl Inner {
 
     /// Starts following a Job of `owner` (`seen`: the watch has shown it already).
     fn track(&self, owner: &str, function: &str, name: &str, seen: bool) {
-        self.owned.lock().expect("owned lock").insert(
-            name.to_string(),
-            Owned {
-                owner: owner.to_string(),
+        self.owned.insert(
+            name,
+            owner,
+            Tracked {
                 function: function.to_string(),
                 created: Instant::now(),
                 seen,
@@ -769,8 +748,8 @@ impl Inner {
     /// during a relist, which the cache gets only when the relist is done).
     fn job_changed(&self, job: &Job, stored: bool) {
         let name = job.metadata.name.clone().unwrap_or_default();
-        if stored && let Some(o) = self.owned.lock().expect("owned lock").get_mut(&name) {
-            o.seen = true;
+        if stored {
+            self.owned.with_any(&name, |_, o| o.seen = true);
         }
         let finished = job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
             cs.iter()
@@ -778,16 +757,18 @@ impl Inner {
                 .map(|c| c.type_.clone())
         });
         if let Some(outcome) = finished {
-            let mut owned = self.owned.lock().expect("owned lock");
-            if let Some(o) = owned.get_mut(&name).filter(|o| o.finished.is_none()) {
+            self.owned.with_any(&name, |owner, o| {
+                if o.finished.is_some() {
+                    return;
+                }
                 o.finished = Some(Instant::now());
                 let outcome = if outcome == "Complete" { "complete" } else { "failed" };
                 self.metrics
                     .job_run_duration
                     .with_label_values(&[o.function.as_str(), outcome])
                     .observe(o.created.elapsed().as_secs_f64());
-                tracing::info!(execution_id = %o.owner, job = %name, outcome, "job finished");
-            }
+                tracing::info!(execution_id = %owner, job = %name, outcome, "job finished");
+            });
         }
         if let Some(owner) = Self::owner_of(job.metadata.labels.as_ref()) {
             (self.wake)(&owner);
@@ -798,14 +779,14 @@ impl Inner {
         let job = pod.metadata.labels.as_ref().and_then(|l| l.get("job-name")).cloned();
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p != "Pending");
         if let (Some(job), true) = (job, running) {
-            let mut owned = self.owned.lock().expect("owned lock");
-            if let Some(o) = owned.get_mut(&job).filter(|o| !o.started) {
-                o.started = true;
-                self.metrics
-                    .job_start_latency
-                    .with_label_values(&[o.function.as_str()])
-                    .observe(o.created.elapsed().as_secs_f64());
-            }
+            self.owned.with_any(&job, |_, o| {
+                if !std::mem::replace(&mut o.started, true) {
+                    self.metrics
+                        .job_start_latency
+                        .with_label_values(&[o.function.as_str()])
+                        .observe(o.created.elapsed().as_secs_f64());
+                }
+            });
         }
         if let Some(owner) = Self::owner_of(pod.metadata.labels.as_ref()) {
             (self.wake)(&owner);
@@ -824,15 +805,13 @@ impl Inner {
     /// one it lacks after having had it is gone); every owner is woken to look again.
     fn relisted(&self) {
         self.listed.store(true, std::sync::atomic::Ordering::Release);
-        let owners: Vec<String> = {
-            let mut owned = self.owned.lock().expect("owned lock");
-            for (name, o) in owned.iter_mut() {
-                if self.job_cache.get(&ObjectRef::new(name).within(&self.namespace)).is_some() {
-                    o.seen = true;
-                }
+        let mut owners = Vec::new();
+        self.owned.for_each(|name, owner, o| {
+            if self.job_cache.get(&ObjectRef::new(name).within(&self.namespace)).is_some() {
+                o.seen = true;
             }
-            owned.values().map(|o| o.owner.clone()).collect()
-        };
+            owners.push(owner.to_string());
+        });
         for owner in owners {
             (self.wake)(&owner);
         }
@@ -845,14 +824,16 @@ impl Inner {
         if !finished || state.pods.iter().any(|p| p.phase == "Succeeded" || p.phase == "Failed") {
             return false;
         }
-        let mut owned = self.owned.lock().expect("owned lock");
-        let Some(o) = owned.get_mut(name) else { return false };
-        let since = *o.finished.get_or_insert_with(Instant::now);
-        let left = POD_GRACE.saturating_sub(since.elapsed());
+        let Some((left, wake_due)) = self.owned.with(owner, name, |o| {
+            let since = *o.finished.get_or_insert_with(Instant::now);
+            (POD_GRACE.saturating_sub(since.elapsed()), std::mem::replace(&mut o.grace_wake, true))
+        }) else {
+            return false;
+        };
         if left.is_zero() {
             return false;
         }
-        if !std::mem::replace(&mut o.grace_wake, true) {
+        if !wake_due {
             let (weak, owner) = (Arc::downgrade(self), owner.to_string());
             tokio::spawn(async move {
                 tokio::time::sleep(left).await;

@@ -16,7 +16,7 @@
 //! machine after a crash kills what the dead one left running ([`kill_leftover`]) before it
 //! runs those executions again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::Wake;
+use super::owned::Owned;
 use crate::store::{ProcessRecord, Store, Write};
 
 /// Where process groups are recorded so a later host process can find them.
@@ -66,7 +67,6 @@ const STDERR_TAIL: usize = 4096;
 const ENDED_LOGS: usize = 256;
 
 struct Proc {
-    owner: String,
     /// Order of start, for logs.
     seq: u64,
     pgid: Pid,
@@ -77,7 +77,7 @@ struct Proc {
 
 pub struct ProcessCapability {
     max_output: usize,
-    procs: Mutex<HashMap<String, Proc>>,
+    procs: Owned<Proc>,
     /// The stderr tails of the last [`ENDED_LOGS`] executions released, oldest first.
     ended: Mutex<VecDeque<(String, String)>>,
     next: AtomicU64,
@@ -95,17 +95,13 @@ impl ProcessCapability {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         Self {
             max_output,
-            procs: Mutex::new(HashMap::new()),
+            procs: Owned::default(),
             ended: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(1),
             wake,
             path,
             journal: journal.map(Arc::new),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proc>> {
-        self.procs.lock().expect("process table lock")
     }
 
     /// Whether `cmd` could be started: a program that resolves to an executable file, and a
@@ -173,8 +169,7 @@ impl ProcessCapability {
         let handle = format!("p{seq}");
         let exit = Arc::new(Mutex::new(None));
         let tail = Arc::new(Mutex::new(Vec::new()));
-        let proc = Proc { owner: owner.to_string(), seq, pgid, exit: exit.clone(), stderr: tail.clone() };
-        self.lock().insert(handle.clone(), proc);
+        self.procs.insert(handle.clone(), owner, Proc { seq, pgid, exit: exit.clone(), stderr: tail.clone() });
         tracing::debug!(execution_id = owner, pid, program = %cmd.argv[0], "process started");
         let journal = self.journal.clone();
         if let Some(j) = &journal {
@@ -231,33 +226,28 @@ impl ProcessCapability {
 
     /// The exit of `handle` (none while it runs). Only its owner may ask.
     pub fn status(&self, owner: &str, handle: &str) -> Result<Option<ExitInfo>, String> {
-        let procs = self.lock();
-        match procs.get(handle) {
-            Some(p) if p.owner == owner => Ok(p.exit.lock().expect("exit lock").clone()),
-            _ => Err(format!("no process `{handle}` for this execution")),
-        }
+        self.procs
+            .with(owner, handle, |p| p.exit.lock().expect("exit lock").clone())
+            .ok_or_else(|| format!("no process `{handle}` for this execution"))
     }
 
     /// Kills the process group of `handle` (no-op when gone or not the caller's).
     pub fn kill(&self, owner: &str, handle: &str) {
-        let procs = self.lock();
-        if let Some(p) = procs.get(handle).filter(|p| p.owner == owner) {
-            kill_if_running(p);
-        }
+        self.procs.with(owner, handle, |p| kill_if_running(p));
     }
 
     /// The execution ended: kill all its processes and forget them, keeping their stderr tails
     /// for [`logs`](Self::logs).
     pub fn release_owner(&self, owner: &str) {
-        let mut released = Vec::new();
-        self.lock().retain(|_, p| {
-            if p.owner != owner {
-                return true;
-            }
-            kill_if_running(p);
-            released.push((p.seq, p.stderr.clone()));
-            false
-        });
+        let released: Vec<_> = self
+            .procs
+            .release(owner)
+            .into_iter()
+            .map(|(_, p)| {
+                kill_if_running(&p);
+                (p.seq, p.stderr)
+            })
+            .collect();
         if released.is_empty() {
             return;
         }
@@ -274,8 +264,7 @@ impl ProcessCapability {
     /// run, as it was for the last [`ENDED_LOGS`] executions that ended. `None` when this host
     /// process has none of it.
     pub fn logs(&self, owner: &str) -> Option<String> {
-        let live: Vec<_> =
-            self.lock().values().filter(|p| p.owner == owner).map(|p| (p.seq, p.stderr.clone())).collect();
+        let live = self.procs.owned_by(owner, |p| (p.seq, p.stderr.clone()));
         if !live.is_empty() {
             return Some(joined(live));
         }
@@ -285,12 +274,12 @@ impl ProcessCapability {
 
     /// Whether `owner` has processes here (work that dies with this host process).
     pub fn owns_any(&self, owner: &str) -> bool {
-        self.lock().values().any(|p| p.owner == owner)
+        self.procs.owns_any(owner)
     }
 
     /// Processes the table holds (running or exited but not yet released).
     pub fn tracked(&self) -> usize {
-        self.lock().len()
+        self.procs.len()
     }
 }
 

@@ -75,7 +75,7 @@ impl Guest for JobPoll {
                 format!("the Job {name} succeeded but its output ({size} bytes, sha256 {sha256}) is too large for the termination message and no callback delivered it"),
                 false,
             ),
-            jobkit::Verdict::Succeeded(Some(jobkit::Envelope::Error { code, message })) => final_error(code, message, true),
+            jobkit::Verdict::Succeeded(Some(jobkit::Envelope::Error { code, message, .. })) => final_error(code, message, true),
             jobkit::Verdict::Succeeded(None) => final_error(
                 "RESULT_UNAVAILABLE".into(),
                 format!("the Job {name} completed without a result envelope in its termination message"),

@@ -21,6 +21,7 @@ use nanofaas::dispatcher::process::{self, Command};
 use nanofaas::dispatcher::types::{
     Failure, FunctionSpec, Invocation, Outcome, Output, Part, Payload, Pending, ReleaseReason,
 };
+use nanofaas_contract::env;
 use serde::Deserialize;
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +75,11 @@ impl Guest for Local {
         let config = config(&inv.function.config).map_err(|e| platform_error("BAD_CONFIG", e))?;
         let mut env = inv.function.env.clone();
         env.extend([
-            ("FUNCTION_NAME".to_string(), inv.function.name.clone()),
-            ("EXECUTION_ID".to_string(), inv.execution_id.clone()),
-            ("ATTEMPT".to_string(), inv.attempt.to_string()),
-            ("TRACE_ID".to_string(), inv.trace_id.clone()),
-            ("DEADLINE_UNIX_MS".to_string(), inv.deadline_unix_ms.to_string()),
+            (env::FUNCTION_NAME.to_string(), inv.function.name.clone()),
+            (env::EXECUTION_ID.to_string(), inv.execution_id.clone()),
+            (env::ATTEMPT.to_string(), inv.attempt.to_string()),
+            (env::TRACE_ID.to_string(), inv.trace_id.clone()),
+            (env::DEADLINE_UNIX_MS.to_string(), inv.deadline_unix_ms.to_string()),
         ]);
         let stdin = match config.mode {
             Mode::Raw => Payload::new(&[Part::Payload(input)]),
