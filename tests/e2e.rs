@@ -288,3 +288,111 @@ async fn cancel_ends_a_running_execution_and_kills_its_process() {
     assert_eq!(status, 404);
     assert!(host.stop().await.unwrap().success());
 }
+
+/// The digest `GET /v1/plugins` shows for `name`, if it is loaded.
+async fn digest_of(host: &Host, name: &str) -> Option<String> {
+    let (_, list) = host.get("/v1/plugins").await.unwrap();
+    list.as_array()?.iter().find(|p| p["name"] == name).map(|p| p["digest"].as_str().unwrap().to_string())
+}
+
+/// Polls until `digest_of(name)` is not `was` (10 s at most).
+async fn digest_change(host: &Host, name: &str, was: Option<&str>) -> Option<String> {
+    for _ in 0..500 {
+        let now = digest_of(host, name).await;
+        if now.as_deref() != was {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the digest of `{name}` stayed {was:?}; logs:\n{}", host.logs())
+}
+
+/// Puts `bytes` into the plugin directory as `name` the way an operator should: written
+/// beside it, then renamed over it.
+fn drop_in(dir: &Path, name: &str, bytes: &[u8]) {
+    let staged = dir.join(format!(".{name}.partial"));
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::rename(&staged, dir.join(name)).unwrap();
+}
+
+/// A plugin file changed while the host runs is loaded by its digest; a bad one leaves the
+/// loaded version serving; a removed one stays while functions use it; SIGHUP reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_reloaded_by_digest_while_the_host_runs() {
+    let dir = plugin_dir(&[("up.wasm", Path::new(artifacts::UPPERCASE))]).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let args = ["--plugin-dir", dir_arg, "--plugin-scan-interval-ms", "50"];
+    let host = Host::start(binary(), &args, &[]).await.unwrap();
+    let spec = json!({"name": "f", "dispatcher": "up", "dispatcherConfig": {"prefix": "> "}});
+    assert_eq!(host.post("/v1/functions", spec).await.unwrap().0, 201);
+    let invoke =
+        || async { host.post("/v1/functions/f:invoke", json!({"input": "hello"})).await.unwrap().1["output"].clone() };
+    assert_eq!(invoke().await, json!("> HELLO"));
+    let first = digest_of(&host, "up").await.unwrap();
+    assert!(first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+
+    // Changed: the new component serves (testkit echoes), under a new digest, in the metrics too.
+    drop_in(dir.path(), "up.wasm", &std::fs::read(artifacts::TESTKIT).unwrap());
+    let second = digest_change(&host, "up", Some(&first)).await.unwrap();
+    assert_eq!(invoke().await, json!("hello"));
+    let metrics = host.client.get(format!("{}/metrics", host.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(r#"nanofaas_plugin_info{{digest="{second}",plugin="up",source="up.wasm"}} 1"#)),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&first), "the old version is gone from the metrics");
+
+    // A file that does not load: the loaded version keeps serving, and the log says why.
+    drop_in(dir.path(), "up.wasm", b"not a component");
+    let logs = host.logs_when(|l| l.contains("the loaded version keeps serving")).await;
+    assert!(logs.contains("not a valid WebAssembly component"), "{logs}");
+    assert_eq!(digest_of(&host, "up").await.as_deref(), Some(second.as_str()));
+    assert_eq!(invoke().await, json!("hello"));
+
+    // Removed while a function uses it: kept. Once the function is gone, SIGHUP unloads it.
+    std::fs::remove_file(dir.path().join("up.wasm")).unwrap();
+    host.logs_when(|l| l.contains("functions use it")).await;
+    assert_eq!(digest_of(&host, "up").await.as_deref(), Some(second.as_str()));
+    let deleted = host.client.delete(host.url("/v1/functions/f")).send().await.unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    std::process::Command::new("kill").args(["-HUP", &host.pid().unwrap().to_string()]).status().unwrap();
+    assert_eq!(digest_change(&host, "up", Some(&second)).await, None, "unloaded");
+    // (The log line was written before the reload; the log thread may deliver it a moment later.)
+    let logs = host.logs_when(|l| l.contains("SIGHUP: reading the plugin directory again")).await;
+    assert!(logs.contains("SIGHUP: reading the plugin directory again"), "{logs}");
+
+    // A new file is picked up; the host survived the signal.
+    drop_in(dir.path(), "late.wasm", &std::fs::read(artifacts::UPPERCASE).unwrap());
+    assert_eq!(digest_change(&host, "late", None).await, Some(first));
+    host.stop().await.unwrap();
+}
+
+/// A plugin pinned to a digest loads only from a file with that digest, at start and later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_plugin_loads_only_the_file_it_is_pinned_to() {
+    use sha2::Digest as _;
+    let wanted = std::fs::read(artifacts::UPPERCASE).unwrap();
+    let pin = format!("up=sha256:{}", hex::encode(sha2::Sha256::digest(&wanted)));
+    let dir = plugin_dir(&[("up.wasm", Path::new(artifacts::TESTKIT))]).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let args = ["--plugin-dir", dir_arg, "--plugin-scan-interval-ms", "50", "--pin", pin.as_str()];
+    let host = Host::start(binary(), &args, &[]).await.unwrap();
+    let logs = host.logs_when(|l| l.contains("is pinned to sha256")).await;
+    assert!(logs.contains("plugin refused") && logs.contains("is pinned to sha256"), "{logs}");
+    assert_eq!(digest_of(&host, "up").await, None, "the other file was refused");
+    drop_in(dir.path(), "up.wasm", &wanted);
+    let loaded = digest_change(&host, "up", None).await.unwrap();
+    assert_eq!(format!("up=sha256:{loaded}"), pin);
+    host.stop().await.unwrap();
+
+    // A pin for a plugin of no directory is a mistake, said at start.
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--pin", pin.as_str()])
+        .env("NANOFAAS_LISTEN", "127.0.0.1:0")
+        .env("NANOFAAS_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("NANOFAAS_STORE", "memory:")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pins are for plugins of --plugin-dir"));
+}

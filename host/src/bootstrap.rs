@@ -17,13 +17,100 @@ use crate::plugin::{Catalog, LoadError};
 pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Vec<LoadError>)> {
     let grants = grants(&config.grants)?;
     check_grants(&grants, config.plugin_dir.as_deref())?;
+    let pins = pins(&config.pins)?;
+    if let (Some(name), None) = (pins.keys().next(), &config.plugin_dir) {
+        anyhow::bail!("--pin {name}=…: pins are for plugins of --plugin-dir, and none is given");
+    }
     let mut builder = Catalog::builder(&config.plugin)?;
     builder.add_builtins()?;
+    builder.pin(pins);
     let mut refused = Vec::new();
     if let Some(dir) = &config.plugin_dir {
         refused = builder.add_dir(dir, &grants)?;
     }
     Ok((builder.build(), refused))
+}
+
+/// Follows the plugin directory while the host runs: looked at every
+/// `--plugin-scan-interval-ms` (a listing and a stat per file; read again only when a file was
+/// added, removed or changed in size or time) and read again on SIGHUP. Each read swaps in the
+/// catalog [`Catalog::reloaded`] makes; calls in flight finish on the plugins they started with.
+/// The scan is a poll, not inotify, on purpose: plugin directories are often volumes (a
+/// ConfigMap's symlink swap, a network file system) where change events are unreliable.
+pub async fn watch_plugins(cp: ControlPlane, stop: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed even without a plugin directory: SIGHUP must not end the host.
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP");
+            None
+        }
+    };
+    let dir = cp.config().plugin_dir.clone();
+    let interval = cp.config().plugin_scan_interval;
+    let mut seen = dir.as_deref().map(crate::plugin::dir_signature).unwrap_or_default();
+    loop {
+        let scan = async {
+            match (&dir, interval.is_zero()) {
+                (Some(_), false) => tokio::time::sleep(interval).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = scan => {
+                let now = dir.as_deref().map(crate::plugin::dir_signature).unwrap_or_default();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+            _ = hangup => {
+                if dir.is_none() {
+                    tracing::info!("SIGHUP: there is no plugin directory to read again");
+                    continue;
+                }
+                tracing::info!("SIGHUP: reading the plugin directory again");
+            }
+        }
+        reload_plugins(&cp).await;
+    }
+}
+
+/// Reads the plugin directory again and swaps in what changed; whether anything did.
+pub async fn reload_plugins(cp: &ControlPlane) -> bool {
+    let current = cp.plugins().catalog();
+    let used: std::collections::HashSet<String> =
+        cp.registry().list().iter().map(|f| f.dispatcher().to_string()).collect();
+    let reloaded = tokio::task::spawn_blocking(move || current.reloaded(&|name| used.contains(name))).await;
+    match reloaded {
+        Ok(Some(catalog)) => {
+            cp.plugins().replace(std::sync::Arc::new(catalog));
+            publish_plugins(cp);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the plugin directory failed");
+            false
+        }
+    }
+}
+
+/// `nanofaas_plugin_info`: one series per loaded plugin, with its digest.
+pub fn publish_plugins(cp: &ControlPlane) {
+    let info = &cp.plugins().metrics().plugin_info;
+    info.reset();
+    for plugin in cp.plugins().catalog().plugins() {
+        info.with_label_values(&[plugin.name.as_str(), plugin.digest.as_str(), plugin.source.label().as_str()]).set(1);
+    }
 }
 
 /// Refuses a grant for a plugin the plugin directory has no file for: a typo there would
@@ -50,6 +137,23 @@ fn check_grants(grants: &BTreeMap<String, Grants>, dir: Option<&Path>) -> anyhow
         }
     }
     Ok(())
+}
+
+/// Parses `NAME=SHA256` pins (a `sha256:` prefix is allowed).
+fn pins(texts: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    texts
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            let (name, digest) =
+                t.split_once('=').ok_or_else(|| anyhow::anyhow!("--pin `{t}`: expected NAME=SHA256"))?;
+            let digest = digest.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("--pin `{t}`: the digest must be 64 hex digits (SHA-256)");
+            }
+            Ok((name.trim().to_string(), digest))
+        })
+        .collect()
 }
 
 /// Parses `NAME=cap,cap` grants.

@@ -76,10 +76,15 @@ pub mod defaults {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    /// Directory of operator-supplied plugins (`NAME.wasm`), loaded at start.
+    /// Directory of operator-supplied plugins (`NAME.wasm`), loaded at start and read again
+    /// when it changes or on SIGHUP.
     pub plugin_dir: Option<PathBuf>,
+    /// How often the plugin directory is looked at for changes; zero: only on SIGHUP.
+    pub plugin_scan_interval: Duration,
     /// Extra capabilities granted to dropped-in plugins, as `NAME=cap,cap`.
     pub grants: Vec<String>,
+    /// Dropped-in plugins pinned to a content digest, as `NAME=SHA256`: another file is refused.
+    pub pins: Vec<String>,
     /// Functions to register at start (YAML or JSON list of function specs).
     pub functions_file: Option<PathBuf>,
     /// Base URL that remote runners use to reach this host; callbacks go to
@@ -178,7 +183,9 @@ impl Default for Config {
             listen: defaults::LISTEN.parse().expect("valid default address"),
             admin_listen: defaults::ADMIN_LISTEN.parse().expect("valid default address"),
             plugin_dir: None,
+            plugin_scan_interval: Duration::from_secs(1),
             grants: Vec::new(),
+            pins: Vec::new(),
             functions_file: None,
             callback_url: None,
             callback_secret: None,
@@ -248,12 +255,21 @@ pub struct ServeArgs {
     /// Address of /metrics, /health/live and /health/ready.
     #[arg(long, env = "NANOFAAS_ADMIN_LISTEN", default_value = defaults::ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
-    /// Directory of dropped-in plugins (`NAME.wasm`), loaded at start.
+    /// Directory of dropped-in plugins (`NAME.wasm`), loaded at start; new, changed and removed
+    /// files are taken into account while the host runs (and on SIGHUP).
     #[arg(long, env = "NANOFAAS_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
+    /// How often the plugin directory is looked at for changes (a directory listing and a stat
+    /// per file), in milliseconds; 0: only on SIGHUP.
+    #[arg(long, env = "NANOFAAS_PLUGIN_SCAN_INTERVAL_MS", default_value_t = 1000)]
+    pub plugin_scan_interval_ms: u64,
     /// Capabilities for a dropped-in plugin, `NAME=process,http,kubernetes` (repeatable; `;`-separated in the env var).
     #[arg(long = "grant", env = "NANOFAAS_GRANTS", value_delimiter = ';')]
     pub grants: Vec<String>,
+    /// Pins a dropped-in plugin to a content digest, `NAME=SHA256` (hex, as `plugins list` shows
+    /// it): a file with another digest is refused (repeatable; `;`-separated in the env var).
+    #[arg(long = "pin", env = "NANOFAAS_PLUGIN_PINS", value_delimiter = ';')]
+    pub pins: Vec<String>,
     /// Functions to register at start: a YAML or JSON list of function specs.
     #[arg(long, env = "NANOFAAS_FUNCTIONS")]
     pub functions: Option<PathBuf>,
@@ -385,7 +401,9 @@ impl From<ServeArgs> for Config {
             listen: a.listen,
             admin_listen: a.admin_listen,
             plugin_dir: a.plugin_dir,
+            plugin_scan_interval: Duration::from_millis(a.plugin_scan_interval_ms),
             grants: a.grants,
+            pins: a.pins,
             functions_file: a.functions,
             callback_url: a.callback_url,
             callback_secret: a.callback_secret,

@@ -278,7 +278,7 @@ impl ControlPlane {
     async fn validate(&self, spec: FunctionSpec) -> Result<FunctionSpec, RegisterError> {
         let spec = spec.resolve(self.0.config.max_timeout)?;
         let dispatcher = spec.dispatcher.clone().expect("resolve sets the dispatcher");
-        let Some(plugin) = self.plugins().get(&dispatcher).cloned() else {
+        let Some(plugin) = self.plugins().get(&dispatcher) else {
             if spec.execution_mode == Some(ExecutionMode::Deployment) && dispatcher == DEPLOYMENT_DISPATCHER {
                 return Err(SpecError::new(
                     "executionMode",

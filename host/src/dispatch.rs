@@ -205,7 +205,7 @@ impl Dispatcher {
             return None;
         };
         Span::start("queue", SpanKind::Internal, otel::execution(&exec.id, exec.trace)).since(queued).end();
-        let Some(plugin) = self.plugins.get(exec.function.dispatcher()).cloned() else {
+        let Some(plugin) = self.plugins.get(exec.function.dispatcher()) else {
             let message = self.plugins.catalog().unavailable(exec.function.dispatcher()).unwrap_or_default();
             return Some((Finish::error(ErrorKind::Platform, "PLUGIN_UNAVAILABLE", message), FinishedBy::Plugin));
         };
@@ -375,7 +375,7 @@ impl Dispatcher {
     /// Hands pending work back to the plugin. `reason` defaults to what the terminal state says.
     async fn release(&self, exec: &Execution, reason: Option<ReleaseReason>, held: &mut Held) {
         let Some(work) = self.ledger.take_pending(exec) else { return };
-        let Some(plugin) = self.plugins.get(exec.function.dispatcher()).cloned() else { return };
+        let Some(plugin) = self.plugins.get(exec.function.dispatcher()) else { return };
         let reason = reason.unwrap_or(match exec.status() {
             Status::Timeout => ReleaseReason::Timeout,
             Status::Cancelled => ReleaseReason::Cancelled,

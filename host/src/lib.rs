@@ -171,6 +171,8 @@ pub async fn run_with_cluster(
     });
 
     tokio::spawn(reload_tokens(cp.clone(), stop.clone()));
+    bootstrap::publish_plugins(&cp);
+    tokio::spawn(bootstrap::watch_plugins(cp.clone(), stop.clone()));
 
     let limits = serve::Limits {
         header_read_timeout: cp.config().header_read_timeout,

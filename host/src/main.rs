@@ -60,7 +60,7 @@ fn check_plugins(config: Config) -> anyhow::Result<ExitCode> {
             nanofaas::plugin::Source::Builtin => "built-in".to_string(),
             nanofaas::plugin::Source::File(p) => p.display().to_string(),
         };
-        println!("{:<12} {:<28} {}", plugin.name, plugin.grants, source);
+        println!("{:<12} {:<28} {} {}", plugin.name, plugin.grants, &plugin.digest[..12], source);
     }
     for e in &refused {
         println!("refused      {}: {}", e.what, e.reason);

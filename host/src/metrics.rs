@@ -37,6 +37,8 @@ pub struct Metrics {
     pub plugin_faults: IntCounterVec,
     /// Plugin instances created, by plugin (an attempt's calls may share one).
     pub plugin_instances: IntCounterVec,
+    /// 1 for each plugin loaded, by plugin, content digest (SHA-256) and source.
+    pub plugin_info: IntGaugeVec,
     /// Completion callbacks by outcome (`accepted`, `duplicate`, `late`, `rejected`).
     pub callbacks: IntCounterVec,
     /// Finished executions evicted after their retention.
@@ -134,6 +136,11 @@ impl Metrics {
                 "nanofaas_invocation_duration_seconds",
                 "Time from accept to terminal state.",
                 &["function", "dispatcher", "outcome"],
+            ),
+            plugin_info: gauge(
+                "nanofaas_plugin_info",
+                "1 for each loaded plugin, by name, content digest (SHA-256) and source.",
+                &["plugin", "digest", "source"],
             ),
             queue_depth: gauge("nanofaas_queue_depth", "Executions waiting for a concurrency slot.", &["function"]),
             in_flight: gauge("nanofaas_in_flight", "Executions holding a concurrency slot.", &["function"]),

@@ -37,7 +37,7 @@ pub use crate::function::FunctionView;
 use crate::metrics::Metrics;
 use crate::otel::{Span, SpanKind};
 
-pub use loader::{CatalogBuilder, LoadError};
+pub use loader::{CatalogBuilder, LoadError, dir_signature};
 
 /// Host-owned bytes behind the WIT `payload` resource.
 pub struct Payload(pub Bytes);
@@ -51,18 +51,36 @@ pub enum Source {
     File(std::path::PathBuf),
 }
 
+impl Source {
+    /// `built-in`, or the file name (not the host's path).
+    pub fn label(&self) -> String {
+        match self {
+            Source::Builtin => "built-in".to_string(),
+            Source::File(path) => path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        }
+    }
+}
+
 /// One loaded plugin.
 pub struct Plugin {
     pub name: String,
     pub source: Source,
     pub grants: Grants,
+    /// SHA-256 of the component's bytes (hex): what identifies this version of it.
+    pub digest: String,
     pre: bindings::DispatcherPre<HostState>,
 }
 
 /// The engine and the compiled plugins.
 pub struct Catalog {
     engine: Engine,
+    linker: Arc<wasmtime::component::Linker<HostState>>,
     plugins: BTreeMap<String, Arc<Plugin>>,
+    /// The plugin directory and its grants, to read it again.
+    dir: Option<std::path::PathBuf>,
+    grants: BTreeMap<String, Grants>,
+    /// Digests dropped-in plugins are pinned to, by name.
+    pins: BTreeMap<String, String>,
     /// Plugin files that were refused: name → reason.
     refused: BTreeMap<String, String>,
     pool_size: u32,
@@ -261,7 +279,12 @@ impl wasmtime_wasi::WasiView for HostState {
 
 /// Plugin calls on behalf of one host.
 pub struct Plugins {
-    catalog: Arc<Catalog>,
+    /// Swapped whole when the plugin directory is read again; a call holds the `Arc<Plugin>` it
+    /// started with, so calls in flight finish on the version they began on.
+    catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// The engine every catalog of this host compiles with, and its memory per instance.
+    engine: Engine,
+    memory_bytes: usize,
     permits: Arc<Semaphore>,
     /// The size of `permits`.
     slots: usize,
@@ -317,7 +340,10 @@ impl Plugins {
         // Never more instances in flight than the pool has slots: past that, instantiation
         // fails instead of waiting.
         let slots = limits.instances.min(catalog.pool_size).max(1) as usize;
-        Self { catalog, permits: Arc::new(Semaphore::new(slots)), slots, limits, caps, metrics }
+        let (engine, memory_bytes) = (catalog.engine.clone(), catalog.memory_bytes);
+        let catalog = std::sync::RwLock::new(catalog);
+        let permits = Arc::new(Semaphore::new(slots));
+        Self { catalog, engine, memory_bytes, permits, slots, limits, caps, metrics }
     }
 
     /// Whether an instance may be kept between two calls of an attempt: only while at least half
@@ -334,12 +360,18 @@ impl Plugins {
         &self.metrics
     }
 
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
+    /// The catalog now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
-        self.catalog.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.catalog.read().expect("catalog lock").get(name).cloned()
+    }
+
+    /// Serves `catalog` from now on (calls in flight keep the plugins they hold).
+    pub fn replace(&self, catalog: Arc<Catalog>) {
+        *self.catalog.write().expect("catalog lock") = catalog;
     }
 
     /// `validate` at registration: `Ok(Err(reason))` when the plugin refuses the spec.
@@ -490,7 +522,7 @@ impl Plugins {
     fn new_store(&self, plugin: &Plugin, ctx: CallContext, stderr: MemoryOutputPipe) -> Store<HostState> {
         let wasi = WasiCtx::builder().stderr(stderr).build();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.catalog.memory_bytes)
+            .memory_size(self.memory_bytes)
             .instances(16)
             .tables(16)
             .memories(4)
@@ -509,7 +541,7 @@ impl Plugins {
             payload_budget: self.limits.payload_bytes,
             handle_budget: HANDLE_BUDGET,
         };
-        let mut store = Store::new(&self.catalog.engine, state);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut cx| {

@@ -7,7 +7,6 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use crate::control_plane::ControlPlane;
-use crate::plugin::Source;
 
 /// One loaded plugin. A dropped-in plugin shows its file name, not the host's paths.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -20,6 +19,9 @@ pub struct PluginView<'a> {
     /// `built-in`, or the `.wasm` file it was loaded from.
     #[schema(value_type = String)]
     pub source: Cow<'a, str>,
+    /// SHA-256 of the component (hex): which version of it is serving.
+    #[schema(value_type = String)]
+    pub digest: Cow<'a, str>,
 }
 
 /// The dispatcher plugins this host loaded.
@@ -27,15 +29,12 @@ pub struct PluginView<'a> {
     (status = 200, description = "Plugins, built-in and from the plugin directory", body = Vec<PluginView<'static>>),
 ))]
 pub(super) async fn list(State(cp): State<ControlPlane>) -> Json<Vec<PluginView<'static>>> {
-    let views = cp.plugins().catalog().plugins().map(|plugin| PluginView {
+    let catalog = cp.plugins().catalog();
+    let views = catalog.plugins().map(|plugin| PluginView {
         name: Cow::Owned(plugin.name.clone()),
         capabilities: plugin.grants.to_string().split(',').map(str::to_string).collect(),
-        source: match &plugin.source {
-            Source::Builtin => Cow::Borrowed("built-in"),
-            Source::File(path) => {
-                Cow::Owned(path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()))
-            }
-        },
+        source: Cow::Owned(plugin.source.label()),
+        digest: Cow::Owned(plugin.digest.clone()),
     });
     Json(views.collect())
 }

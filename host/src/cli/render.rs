@@ -79,9 +79,13 @@ pub fn function(spec: &FunctionSpec) -> String {
 }
 
 pub fn plugins(plugins: &[PluginView]) -> String {
-    let rows: Vec<Vec<String>> =
-        plugins.iter().map(|p| vec![p.name.to_string(), p.capabilities.join(","), p.source.to_string()]).collect();
-    table(&["NAME", "CAPABILITIES", "SOURCE"], &rows)
+    // The digest's first 12 digits, as container tools show image ids (`-o json` has all 64).
+    let short = |d: &str| d.get(..12).unwrap_or(d).to_string();
+    let rows: Vec<Vec<String>> = plugins
+        .iter()
+        .map(|p| vec![p.name.to_string(), p.capabilities.join(","), p.source.to_string(), short(&p.digest)])
+        .collect();
+    table(&["NAME", "CAPABILITIES", "SOURCE", "DIGEST"], &rows)
 }
 
 pub fn execution(exec: &Execution) -> String {

@@ -34,6 +34,9 @@ pub struct CatalogBuilder {
     engine: Engine,
     linker: Linker<HostState>,
     plugins: BTreeMap<String, Arc<Plugin>>,
+    dir: Option<PathBuf>,
+    grants: BTreeMap<String, Grants>,
+    pins: BTreeMap<String, String>,
     /// Files of the plugin directory that were refused: plugin name → reason.
     refused: BTreeMap<String, String>,
     pool_size: u32,
@@ -71,6 +74,9 @@ impl CatalogBuilder {
             engine,
             linker,
             plugins: BTreeMap::new(),
+            dir: None,
+            grants: BTreeMap::new(),
+            pins: BTreeMap::new(),
             refused: BTreeMap::new(),
             pool_size,
             memory_bytes: limits.memory_bytes,
@@ -79,34 +85,21 @@ impl CatalogBuilder {
 
     /// Adds a plugin from component bytes.
     pub fn add(&mut self, name: &str, bytes: &[u8], source: Source, grants: Grants) -> Result<(), LoadError> {
-        let what = match &source {
-            Source::Builtin => format!("`{name}` (built-in)"),
-            Source::File(path) => path.display().to_string(),
-        };
-        let refuse = |reason: String| LoadError { what: what.clone(), reason };
-        if !valid_name(name) {
-            return Err(refuse(format!(
-                "`{name}` is not a valid plugin name (lower-case letters, digits and `-`, starting with a letter)"
-            )));
-        }
         if let Some(existing) = self.plugins.get(name) {
-            let by = match existing.source {
-                Source::Builtin => "a built-in plugin".to_string(),
-                Source::File(ref p) => p.display().to_string(),
-            };
-            return Err(refuse(format!("the name `{name}` is already taken by {by}")));
+            let reason = format!("the name `{name}` is already taken by {}", taken_by(existing));
+            return Err(LoadError { what: describe(name, &source), reason });
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| refuse(format!("not a valid WebAssembly component: {e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| refuse(format!("does not link against the nanofaas:dispatcher@0.1.0 imports: {e:#}")))?;
-        let pre = DispatcherPre::new(pre)
-            .map_err(|e| refuse(format!("does not export nanofaas:dispatcher/strategy@0.1.0: {e:#}")))?;
-        tracing::info!(plugin = name, source = %what, grants = %grants, "plugin loaded");
-        self.plugins.insert(name.to_string(), Arc::new(Plugin { name: name.to_string(), source, grants, pre }));
+        let plugin = compile(&self.engine, &self.linker, name, bytes, source, grants, self.pins.get(name))?;
+        tracing::info!(plugin = name, source = %describe(name, &plugin.source), grants = %plugin.grants,
+            digest = %plugin.digest, "plugin loaded");
+        self.plugins.insert(name.to_string(), Arc::new(plugin));
         Ok(())
+    }
+
+    /// Pins dropped-in plugins to content digests: a file of a pinned name with another digest is
+    /// refused, at start and when the directory is read again.
+    pub fn pin(&mut self, pins: BTreeMap<String, String>) {
+        self.pins = pins;
     }
 
     /// Adds the plugins compiled into the binary.
@@ -120,16 +113,10 @@ impl CatalogBuilder {
     /// Loads every `NAME.wasm` in `dir`. Each file that cannot be loaded is logged and returned;
     /// the others still load. `grants` gives the capabilities of each dropped-in plugin by name.
     pub fn add_dir(&mut self, dir: &Path, grants: &BTreeMap<String, Grants>) -> Result<Vec<LoadError>, LoadError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| LoadError {
-            what: dir.display().to_string(),
-            reason: format!("cannot read the plugin directory: {e}"),
-        })?;
-        let mut files: Vec<PathBuf> =
-            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect();
-        files.sort();
+        self.dir = Some(dir.to_path_buf());
+        self.grants = grants.clone();
         let mut refused = Vec::new();
-        for path in files {
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        for (name, path) in wasm_files(dir)? {
             let result = std::fs::read(&path)
                 .map_err(|e| LoadError { what: path.display().to_string(), reason: format!("cannot read: {e}") })
                 .and_then(|bytes| {
@@ -148,12 +135,191 @@ impl CatalogBuilder {
     pub fn build(self) -> Catalog {
         Catalog {
             engine: self.engine,
+            linker: Arc::new(self.linker),
             plugins: self.plugins,
+            dir: self.dir,
+            grants: self.grants,
+            pins: self.pins,
             refused: self.refused,
             pool_size: self.pool_size,
             memory_bytes: self.memory_bytes,
         }
     }
+}
+
+impl Catalog {
+    /// This catalog with the plugin directory read again, or `None` when nothing changed. A file
+    /// whose content digest is the loaded one keeps its compiled plugin; a new or changed file is
+    /// compiled; one that fails leaves the loaded version (if any) serving, with the reason
+    /// logged; a removed file's plugin is unloaded, unless `in_use` says functions use it (then
+    /// it is kept, and that is logged). Compiles: call it off the async threads.
+    pub fn reloaded(&self, in_use: &dyn Fn(&str) -> bool) -> Option<Catalog> {
+        let dir = self.dir.as_deref()?;
+        let files = match wasm_files(dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), reason = %e.reason, "plugin directory not re-read");
+                return None;
+            }
+        };
+        let mut plugins: BTreeMap<String, Arc<Plugin>> = self
+            .plugins
+            .iter()
+            .filter(|(_, p)| p.source == Source::Builtin)
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        let mut refused = BTreeMap::new();
+        let mut changed = false;
+        for (name, path) in &files {
+            let old = self.plugins.get(name).filter(|p| p.source != Source::Builtin);
+            let loaded = std::fs::read(path).map_err(|e| format!("cannot read: {e}")).and_then(|bytes| {
+                match old.filter(|p| p.digest == digest(&bytes)) {
+                    Some(same) => Ok(same.clone()),
+                    None => match plugins.get(name) {
+                        Some(builtin) => Err(format!("the name `{name}` is already taken by {}", taken_by(builtin))),
+                        None => {
+                            let grants = self.grants.get(name).cloned().unwrap_or_default();
+                            let pin = self.pins.get(name);
+                            compile(&self.engine, &self.linker, name, &bytes, Source::File(path.clone()), grants, pin)
+                                .map(Arc::new)
+                                .map_err(|e| e.reason)
+                        }
+                    },
+                }
+            });
+            match loaded {
+                Ok(plugin) => {
+                    if old.is_none_or(|o| !Arc::ptr_eq(o, &plugin)) {
+                        changed = true;
+                        let was = old.map(|o| o.digest.as_str()).unwrap_or("none");
+                        tracing::info!(plugin = %name, file = %path.display(), digest = %plugin.digest, was,
+                            "plugin loaded from the plugin directory");
+                    }
+                    plugins.insert(name.clone(), plugin);
+                }
+                Err(reason) => {
+                    changed |= self.refused.get(name) != Some(&reason);
+                    match old {
+                        Some(old) => {
+                            tracing::error!(plugin = %name, file = %path.display(), %reason, digest = %old.digest,
+                                "plugin file refused; the loaded version keeps serving");
+                            plugins.insert(name.clone(), old.clone());
+                        }
+                        None => tracing::error!(file = %path.display(), %reason, "plugin refused"),
+                    }
+                    refused.insert(name.clone(), reason);
+                }
+            }
+        }
+        let removed: Vec<_> = self
+            .plugins
+            .iter()
+            .filter(|(n, p)| p.source != Source::Builtin && !files.iter().any(|(f, _)| f == *n))
+            .collect();
+        for (name, old) in removed {
+            if in_use(name) {
+                tracing::warn!(plugin = %name, digest = %old.digest,
+                    "plugin file removed, but functions use it: kept until they are deleted or changed");
+                plugins.insert(name.clone(), old.clone());
+            } else {
+                tracing::info!(plugin = %name, digest = %old.digest, "plugin file removed: unloaded");
+                changed = true;
+            }
+        }
+        changed.then(|| Catalog {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            plugins,
+            dir: self.dir.clone(),
+            grants: self.grants.clone(),
+            pins: self.pins.clone(),
+            refused,
+            pool_size: self.pool_size,
+            memory_bytes: self.memory_bytes,
+        })
+    }
+}
+
+/// What a plugin directory holds now, as (file name, length, modification time): what a scan
+/// compares to decide whether to re-read it.
+pub fn dir_signature(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut signature: Vec<_> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .map(|e| {
+            let meta = e.metadata().ok();
+            (e.file_name(), meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok()))
+        })
+        .collect();
+    signature.sort();
+    signature
+}
+
+/// The `NAME.wasm` files of `dir`, by name.
+fn wasm_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError {
+        what: dir.display().to_string(),
+        reason: format!("cannot read the plugin directory: {e}"),
+    })?;
+    let mut files: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .map(|p| (p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A component's identity: the SHA-256 of its bytes, in hex.
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn describe(name: &str, source: &Source) -> String {
+    match source {
+        Source::Builtin => format!("`{name}` (built-in)"),
+        Source::File(path) => path.display().to_string(),
+    }
+}
+
+fn taken_by(plugin: &Plugin) -> String {
+    match &plugin.source {
+        Source::Builtin => "a built-in plugin".to_string(),
+        Source::File(p) => p.display().to_string(),
+    }
+}
+
+/// Compiles and links one component.
+fn compile(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    name: &str,
+    bytes: &[u8],
+    source: Source,
+    grants: Grants,
+    pin: Option<&String>,
+) -> Result<Plugin, LoadError> {
+    let refuse = |reason: String| LoadError { what: describe(name, &source), reason };
+    if !valid_name(name) {
+        return Err(refuse(format!(
+            "`{name}` is not a valid plugin name (lower-case letters, digits and `-`, starting with a letter)"
+        )));
+    }
+    let digest = digest(bytes);
+    if let Some(pinned) = pin.filter(|p| **p != digest) {
+        return Err(refuse(format!("`{name}` is pinned to sha256 {pinned}; this file is {digest}")));
+    }
+    let component =
+        Component::new(engine, bytes).map_err(|e| refuse(format!("not a valid WebAssembly component: {e:#}")))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| refuse(format!("does not link against the nanofaas:dispatcher@0.1.0 imports: {e:#}")))?;
+    let pre = DispatcherPre::new(pre)
+        .map_err(|e| refuse(format!("does not export nanofaas:dispatcher/strategy@0.1.0: {e:#}")))?;
+    Ok(Plugin { name: name.to_string(), source, grants, digest, pre })
 }
 
 /// Plugin names are file stems and function `dispatcher` values: keep them simple.
