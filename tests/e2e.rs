@@ -396,3 +396,39 @@ async fn a_pinned_plugin_loads_only_the_file_it_is_pinned_to() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pins are for plugins of --plugin-dir"));
 }
+
+/// An execution that started on one version of a plugin is polled and released by that version
+/// to its end, even when a new one is swapped in meanwhile; executions started later get the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_in_flight_finishes_on_the_plugin_version_it_started_with() {
+    let dir = plugin_dir(&[("kit.wasm", Path::new(artifacts::TESTKIT))]).unwrap();
+    let args = ["--plugin-dir", dir.path().to_str().unwrap(), "--plugin-scan-interval-ms", "50"];
+    let host = Host::start(binary(), &args, &[]).await.unwrap();
+    // Pending, polled every 100 ms, done at the 8th poll: it outlives the swap below.
+    let config = json!({"behavior": "pending", "pollAfterMs": 100, "completeAfterPolls": 8});
+    let spec = json!({"name": "long", "dispatcher": "kit", "dispatcherConfig": config});
+    assert_eq!(host.post("/v1/functions", spec).await.unwrap().0, 201);
+    let (status, body) = host.post("/v1/functions/long:enqueue", json!({"input": 1})).await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let id = body["executionId"].as_str().unwrap().to_string();
+    let first = digest_of(&host, "kit").await.unwrap();
+
+    drop_in(dir.path(), "kit.wasm", &std::fs::read(artifacts::UPPERCASE).unwrap());
+    digest_change(&host, "kit", Some(&first)).await.unwrap();
+    let mut exec = serde_json::Value::Null;
+    for _ in 0..500 {
+        exec = host.get(&format!("/v1/executions/{id}")).await.unwrap().1;
+        if exec["status"] != "queued" && exec["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Only the old version (testkit) answers a poll with its count; uppercase has no such state.
+    assert_eq!((exec["status"].clone(), exec["output"].clone()), (json!("success"), json!({"polls": 8})), "{exec}");
+    let logs = host.logs_when(|l| l.contains("released h")).await;
+    assert!(logs.contains("released h"), "the old version released its own handle: {logs}");
+    // A new execution of the function runs on the new version, which refuses testkit's config.
+    let (_, body) = host.post("/v1/functions/long:invoke", json!({"input": "x"})).await.unwrap();
+    assert_ne!(body["output"], json!({"polls": 8}), "{body}");
+    host.stop().await.unwrap();
+}

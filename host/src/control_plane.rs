@@ -379,17 +379,21 @@ impl ControlPlane {
         Ok(spec)
     }
 
-    /// Removes a function. Its executions in flight finish normally.
-    pub async fn unregister(&self, name: &str) -> Result<Option<Arc<Function>>, StoreError> {
+    /// Removes a function; whether there was one. Its executions in flight finish normally.
+    ///
+    /// The store's answer counts: with replicas, this host's own event about the delete may
+    /// reach its registry before this call does, and the function is no less deleted for it.
+    pub async fn unregister(&self, name: &str) -> Result<bool, StoreError> {
         let stored = self.store().delete_function(name).await?;
         let removed = self.registry().remove(name);
         if let Some(f) = &removed {
             self.0.metrics.forget_function(name, f.dispatcher());
         }
-        if removed.is_some() || (stored && self.store().info().durable) {
+        let deleted = removed.is_some() || (stored && self.store().info().durable);
+        if deleted {
             tracing::info!(function = name, "function deleted");
         }
-        Ok(removed)
+        Ok(deleted)
     }
 
     /// Loads every function the store holds (at start), without calling plugins: they were

@@ -163,13 +163,16 @@ impl Dispatcher {
             trace_id = %exec.trace_id,
         );
         async {
+            // The plugin version this execution runs on, to its release: a plugin reloaded
+            // meanwhile serves the executions that start after it.
+            let plugin = self.plugins.get(exec.function.dispatcher());
             // The attempt's instance, kept for its release when the attempt was quick.
             let mut held = Held::default();
             let ended = tokio::select! {
                 biased;
                 () = exec.wait_done() => None,
                 () = sleep_until(exec.deadline) => Some((Finish::Timeout, FinishedBy::Deadline)),
-                ended = self.attempts(&exec, admission, start, &mut held) => ended,
+                ended = self.attempts(&exec, plugin.as_deref(), admission, start, &mut held) => ended,
             };
             if let Some((finish, by)) = ended {
                 Box::pin(self.ledger.finish(&exec, finish, by)).await;
@@ -180,7 +183,7 @@ impl Dispatcher {
                 caps.hand_over(&exec.id);
                 return;
             }
-            self.release(&exec, None, &mut held).await;
+            self.release(&exec, plugin.as_deref(), None, &mut held).await;
             held.clear();
             // Whatever the plugin did or did not clean up, nothing the execution started outlives it.
             caps.release_owner(&exec.id);
@@ -194,6 +197,7 @@ impl Dispatcher {
     async fn attempts(
         &self,
         exec: &Execution,
+        plugin: Option<&Plugin>,
         admission: Admission,
         start: Start,
         held: &mut Held,
@@ -205,7 +209,7 @@ impl Dispatcher {
             return None;
         };
         Span::start("queue", SpanKind::Internal, otel::execution(&exec.id, exec.trace)).since(queued).end();
-        let Some(plugin) = self.plugins.get(exec.function.dispatcher()) else {
+        let Some(plugin) = plugin else {
             let message = self.plugins.catalog().unavailable(exec.function.dispatcher()).unwrap_or_default();
             return Some((Finish::error(ErrorKind::Platform, "PLUGIN_UNAVAILABLE", message), FinishedBy::Plugin));
         };
@@ -216,7 +220,7 @@ impl Dispatcher {
                 tracing::info!(attempt = work.attempt, handle = %work.handle, "execution resumed");
                 let mut span = self.attempt_span(exec, work.attempt);
                 span.set("nanofaas.resumed", true);
-                let step = self.follow(exec, &plugin, work.attempt, work.handle, held).await;
+                let step = self.follow(exec, plugin, work.attempt, work.handle, held).await;
                 Self::end_attempt(span, &step);
                 (work.attempt, Some(step))
             }
@@ -239,7 +243,7 @@ impl Dispatcher {
                     }
                     tracing::debug!(attempt, "attempt started");
                     let span = self.attempt_span(exec, attempt);
-                    let step = self.attempt_once(exec, &plugin, attempt, held).await;
+                    let step = self.attempt_once(exec, plugin, attempt, held).await;
                     Self::end_attempt(span, &step);
                     step
                 }
@@ -294,7 +298,7 @@ impl Dispatcher {
     async fn attempt_once(&self, exec: &Execution, plugin: &Plugin, attempt: u32, held: &mut Held) -> Step {
         let inv = self.invocation(exec, attempt);
         let step = Box::pin(self.plugins.dispatch(plugin, &inv, exec.input.body.clone(), held)).await;
-        match self.outcome(exec, step).await {
+        match self.outcome(exec, plugin, step).await {
             Ok(step) => step,
             Err((handle, poll_after)) => {
                 self.pending(exec, &handle, attempt).await;
@@ -316,7 +320,7 @@ impl Dispatcher {
         loop {
             let inv = self.invocation(exec, attempt);
             let step = Box::pin(self.plugins.poll(plugin, &inv, &handle, held)).await;
-            match self.outcome(exec, step).await {
+            match self.outcome(exec, plugin, step).await {
                 Ok(step) => return step,
                 Err((next, poll_after)) => {
                     if next != handle {
@@ -333,12 +337,13 @@ impl Dispatcher {
     async fn outcome(
         &self,
         exec: &Execution,
+        plugin: &Plugin,
         step: Result<Result<Outcome, Failure>, crate::plugin::PluginFault>,
     ) -> Result<Step, (String, Option<Duration>)> {
         match step {
             Err(fault) => Ok(Step::Finished(Finish::error(ErrorKind::Platform, "PLUGIN_FAULT", fault.message))),
             Ok(Err(failure)) if failure.retryable => {
-                self.release(exec, Some(ReleaseReason::Cancelled), &mut Held::default()).await;
+                self.release(exec, Some(plugin), Some(ReleaseReason::Cancelled), &mut Held::default()).await;
                 Ok(Step::Retry(failure))
             }
             Ok(Err(failure)) => Ok(Step::Finished(Finish::error(ErrorKind::Platform, failure.code, failure.message))),
@@ -373,9 +378,9 @@ impl Dispatcher {
     }
 
     /// Hands pending work back to the plugin. `reason` defaults to what the terminal state says.
-    async fn release(&self, exec: &Execution, reason: Option<ReleaseReason>, held: &mut Held) {
+    async fn release(&self, exec: &Execution, plugin: Option<&Plugin>, reason: Option<ReleaseReason>, held: &mut Held) {
         let Some(work) = self.ledger.take_pending(exec) else { return };
-        let Some(plugin) = self.plugins.get(exec.function.dispatcher()) else { return };
+        let Some(plugin) = plugin else { return };
         let reason = reason.unwrap_or(match exec.status() {
             Status::Timeout => ReleaseReason::Timeout,
             Status::Cancelled => ReleaseReason::Cancelled,
@@ -383,7 +388,7 @@ impl Dispatcher {
         });
         let inv = self.invocation(exec, work.attempt);
         // A fault here is counted and logged by the plugin runtime; the execution's result stands.
-        let _ = Box::pin(self.plugins.release(&plugin, &inv, &work.handle, reason, held)).await;
+        let _ = Box::pin(self.plugins.release(plugin, &inv, &work.handle, reason, held)).await;
     }
 }
 

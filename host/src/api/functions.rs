@@ -180,7 +180,7 @@ pub(super) async fn delete(
         return Err(method_not_allowed("POST"));
     }
     require(&cp, &grant, Scope::Deploy, &name)?;
-    cp.unregister(&name).await.map_err(ApiError::store)?.map(|_| StatusCode::NO_CONTENT).ok_or_else(|| unknown(&name))
+    if cp.unregister(&name).await.map_err(ApiError::store)? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown(&name)) }
 }
 
 /// A spec from a request body, or a 400 naming the field.
