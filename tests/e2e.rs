@@ -355,7 +355,8 @@ async fn plugins_are_reloaded_by_digest_while_the_host_runs() {
     assert_eq!(digest_of(&host, "up").await.as_deref(), Some(second.as_str()));
     let deleted = host.client.delete(host.url("/v1/functions/f")).send().await.unwrap();
     assert!(deleted.status().is_success(), "{}", deleted.status());
-    std::process::Command::new("kill").args(["-HUP", &host.pid().unwrap().to_string()]).status().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host.pid().unwrap() as i32), nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
     assert_eq!(digest_change(&host, "up", Some(&second)).await, None, "unloaded");
     // (The log line was written before the reload; the log thread may deliver it a moment later.)
     let logs = host.logs_when(|l| l.contains("SIGHUP: reading the plugin directory again")).await;

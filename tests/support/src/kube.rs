@@ -465,14 +465,15 @@ fn kubelet(cluster: &'static Cluster, images: ImageMap) {
 }
 
 /// Kills a pod's process group. A pod whose process has not started yet has no group (0):
-/// `kill -0` would signal the caller's own group — the test and whatever runs it.
+/// signalling group 0 would reach the caller's own group — the test and whatever runs it. The
+/// signal goes by `killpg`, not the `kill` program: procps' `kill -KILL -492` reads `-4…` as an
+/// option and signals `-4`, and a group id starting with 1 became `kill(-1)`, every process.
 fn nix_kill(pgid: i32) -> std::io::Result<()> {
-    if pgid <= 0 {
+    if pgid <= 1 {
         return Err(std::io::Error::other("no process group yet"));
     }
-    let status =
-        std::process::Command::new("kill").arg("-KILL").arg(format!("-{pgid}")).stderr(Stdio::null()).status()?;
-    if status.success() { Ok(()) } else { Err(std::io::Error::other("kill failed")) }
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL)
+        .map_err(std::io::Error::from)
 }
 
 async fn handle(

@@ -139,7 +139,7 @@ impl Host {
     /// Sends SIGTERM and waits for the exit status.
     pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
-            std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
         }
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
