@@ -9,11 +9,11 @@ use std::path::PathBuf;
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("..");
     // Path dependencies of the plugins, watched for changes.
-    let (contract, jobkit, common) = (root.join("contract/src"), root.join("jobkit/src"), root.join("plugins/common"));
+    let (sdk, contract, jobkit) = (root.join("sdk"), root.join("contract/src"), root.join("jobkit"));
     let components = wasm_build::build_workspace(
         &root.join("plugins"),
         &root.join("wit"),
-        &[&contract, &jobkit, &common],
+        &[&sdk, &contract, &jobkit],
         "wasm-plugins",
     );
 

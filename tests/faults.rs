@@ -128,6 +128,8 @@ async fn plugin_directory_loads_valid_components_and_refuses_the_rest() {
     std::fs::copy(nanofaas_test_support::artifacts::UPPERCASE, dir.path().join("uppercase.wasm")).unwrap();
     std::fs::copy(nanofaas_test_support::artifacts::TESTKIT, dir.path().join("echo.wasm")).unwrap();
     std::fs::copy(nanofaas_test_support::artifacts::TESTKIT, dir.path().join("Bad_Name.wasm")).unwrap();
+    // What cargo names the component of a crate called `my-plugin`.
+    std::fs::copy(nanofaas_test_support::artifacts::TESTKIT, dir.path().join("my_plugin.wasm")).unwrap();
     std::fs::write(dir.path().join("junk.wasm"), b"\0asm not really").unwrap();
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
@@ -137,10 +139,12 @@ async fn plugin_directory_loads_valid_components_and_refuses_the_rest() {
     let catalog = builder.build();
     assert!(catalog.get("uppercase").is_some());
     let reasons: Vec<String> = refused.iter().map(|e| format!("{} | {}", e.what, e.reason)).collect();
-    assert_eq!(refused.len(), 4, "{reasons:#?}");
+    assert_eq!(refused.len(), 5, "{reasons:#?}");
     let find = |file: &str| reasons.iter().find(|r| r.contains(file)).unwrap_or_else(|| panic!("{file}: {reasons:#?}"));
     assert!(find("echo.wasm").contains("already taken by a built-in plugin"));
-    assert!(find("Bad_Name.wasm").contains("not a valid plugin name"));
+    let bad = find("Bad_Name.wasm");
+    assert!(bad.contains("not a valid plugin name") && !bad.contains("rename"), "{bad}");
+    assert!(find("my_plugin.wasm").contains("rename the file to `my-plugin.wasm`"));
     assert!(find("junk.wasm").contains("not a valid WebAssembly component"));
     assert!(find("core.wasm").contains("not a valid WebAssembly component"));
     assert!(matches!(catalog.get("echo").unwrap().source, nanofaas::plugin::Source::Builtin), "no silent override");

@@ -11,6 +11,8 @@
 //!   functions).
 //! - [`termination`]: the result envelope `nanofaas-runtime` writes to a pod's termination
 //!   message and the Job plugins read back when no callback came.
+//! - [`results`]: what a plugin's results must look like beyond their WIT types (failure codes,
+//!   pending handles), checked by the host and asserted by the plugin SDK.
 
 use serde_json::{Map, Value};
 
@@ -55,6 +57,43 @@ pub fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The rules of a plugin's results that WIT types cannot say.
+pub mod results {
+    /// Longest failure code.
+    pub const CODE_MAX: usize = 64;
+    /// Longest pending handle (a Kubernetes object name fits).
+    pub const HANDLE_MAX: usize = 253;
+
+    /// A failure code is `UPPER_SNAKE_CASE`: 1 to [`CODE_MAX`] of `A-Z`, `0-9` and `_`.
+    pub fn valid_code(code: &str) -> bool {
+        !code.is_empty()
+            && code.len() <= CODE_MAX
+            && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    }
+
+    /// A pending handle is 1 to [`HANDLE_MAX`] bytes.
+    pub fn valid_handle(handle: &str) -> bool {
+        (1..=HANDLE_MAX).contains(&handle.len())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn codes_and_handles() {
+            for ok in ["A", "FUNCTION_ERROR", "K8S_ERROR", &"X".repeat(CODE_MAX)] {
+                assert!(valid_code(ok), "{ok}");
+            }
+            for bad in ["", "lower", "WITH-DASH", "SPACE ", &"X".repeat(CODE_MAX + 1)] {
+                assert!(!valid_code(bad), "{bad}");
+            }
+            assert!(valid_handle("h") && valid_handle(&"h".repeat(HANDLE_MAX)));
+            assert!(!valid_handle("") && !valid_handle(&"h".repeat(HANDLE_MAX + 1)));
+        }
+    }
 }
 
 /// Environment variables of a function's process (local) or pod (Job).

@@ -9,6 +9,9 @@
 //! the runtime image copies `nanofaas-runtime` into a shared volume and the function container
 //! runs it in front of the function's command, so function images need not contain it.
 
+#[cfg(feature = "guest")]
+pub mod guest;
+
 use nanofaas_contract::env;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -61,17 +64,24 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Parses and [`check`](Self::check)s a `dispatcherConfig`.
     pub fn parse(json: &str) -> Result<Self, String> {
         let c: Self = serde_json::from_str(json).map_err(|e| format!("invalid dispatcherConfig: {e}"))?;
-        if let Some(mode) = &c.runtime_mode
+        c.check()?;
+        Ok(c)
+    }
+
+    /// What serde's types cannot say about a parsed config.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(mode) = &self.runtime_mode
             && !matches!(mode.to_ascii_uppercase().as_str(), "STDIO" | "FILE" | "HTTP")
         {
             return Err(format!("runtimeMode `{mode}` is not STDIO, FILE or HTTP"));
         }
-        if c.poll_interval_ms < 100 {
+        if self.poll_interval_ms < 100 {
             return Err("pollIntervalMs must be at least 100".into());
         }
-        Ok(c)
+        Ok(())
     }
 }
 

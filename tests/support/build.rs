@@ -14,7 +14,7 @@ fn main() {
     components.extend(wasm_build::build_workspace(
         &root.join("examples/plugins/uppercase"),
         &wit,
-        &[],
+        &[&root.join("sdk"), &root.join("contract/src")],
         "wasm-test-plugins",
     ));
     let mut code = String::new();

@@ -90,7 +90,7 @@ async fn plugin_validate_refusal_is_reported() {
     match cp.register(spec).await {
         Err(RegisterError::Refused { plugin, reason }) => {
             assert_eq!(plugin, "echo");
-            assert!(reason.contains("echo takes no dispatcherConfig"), "{reason}");
+            assert!(reason.contains("invalid dispatcherConfig: unknown field `x`"), "{reason}");
         }
         other => panic!("unexpected {other:?}"),
     }

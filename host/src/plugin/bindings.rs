@@ -54,10 +54,7 @@ pub(super) fn to_reason(reason: super::ReleaseReason) -> wit::ReleaseReason {
 }
 
 fn from_failure(f: wit::Failure) -> wasmtime::Result<super::Failure> {
-    let code_ok = !f.code.is_empty()
-        && f.code.len() <= 64
-        && f.code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if !code_ok {
+    if !nanofaas_contract::results::valid_code(&f.code) {
         return Err(malformed(format!("failure code `{}` is not an UPPER_SNAKE_CASE code", f.code)));
     }
     Ok(super::Failure { code: f.code, message: f.message, retryable: f.retryable })
@@ -82,8 +79,9 @@ pub(super) fn from_step(
         }
         wit::Outcome::Done(Err(failure)) => super::Outcome::Done(Err(from_failure(failure)?)),
         wit::Outcome::Pending(p) => {
-            if p.handle.is_empty() || p.handle.len() > 253 {
-                return Err(malformed("pending handle must be 1 to 253 bytes".into()));
+            if !nanofaas_contract::results::valid_handle(&p.handle) {
+                let max = nanofaas_contract::results::HANDLE_MAX;
+                return Err(malformed(format!("pending handle must be 1 to {max} bytes")));
             }
             super::Outcome::Pending {
                 handle: p.handle,

@@ -304,9 +304,14 @@ fn compile(
 ) -> Result<Plugin, LoadError> {
     let refuse = |reason: String| LoadError { what: describe(name, &source), reason };
     if !valid_name(name) {
-        return Err(refuse(format!(
-            "`{name}` is not a valid plugin name (lower-case letters, digits and `-`, starting with a letter)"
-        )));
+        let mut reason =
+            format!("`{name}` is not a valid plugin name (lower-case letters, digits and `-`, starting with a letter)");
+        let dashed = name.replace('_', "-");
+        if dashed != name && valid_name(&dashed) {
+            // Cargo names the component of crate `my-plugin` `my_plugin.wasm`.
+            reason.push_str(&format!("; rename the file to `{dashed}.wasm`"));
+        }
+        return Err(refuse(reason));
     }
     let digest = digest(bytes);
     if let Some(pinned) = pin.filter(|p| **p != digest) {

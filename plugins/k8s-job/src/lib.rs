@@ -10,51 +10,48 @@
 //! A Job that completes while no callback arrived ends as `CALLBACK_LOST` (the runtime could
 //! not reach the host); the `job-poll` dispatcher recovers such results from the pod.
 
-wit_bindgen::generate!({ world: "dispatcher", path: "../../wit" });
-
-use exports::nanofaas::dispatcher::strategy::Guest;
-use nanofaas::dispatcher::kubernetes;
-use nanofaas::dispatcher::log::{Level, log};
-use nanofaas::dispatcher::types::{Pending, ReleaseReason};
-
-include!("../../../jobkit/src/guest.rs");
+use jobkit::Verdict;
+use jobkit::guest::{final_error, verdict};
+use nanofaas_plugin_sdk::kubernetes;
+use nanofaas_plugin_sdk::prelude::*;
 
 struct K8sJob;
 
-impl Guest for K8sJob {
-    fn validate(spec: FunctionSpec) -> Result<(), String> {
-        validate_spec(&spec)
+impl Dispatcher for K8sJob {
+    type Config = jobkit::Config;
+
+    fn validate(spec: &FunctionSpec, config: &jobkit::Config) -> Result<(), String> {
+        jobkit::guest::validate(spec, config)
     }
 
-    fn dispatch(inv: Invocation, input: &Payload) -> Result<Outcome, Failure> {
-        let config = config_of(&inv)?;
-        let name = create_job(&inv, input, &config)?;
-        log(Level::Debug, &format!("job {name} created; waiting for its callback"));
-        Ok(Outcome::Pending(Pending { handle: name, poll_after_ms: Some(config.poll_interval_ms) }))
+    fn dispatch(call: &Call<jobkit::Config>, input: &Payload) -> Result<Outcome, Failure> {
+        let name = jobkit::guest::create_job(call, input, &call.config)?;
+        log::debug(&format!("job {name} created; waiting for its callback"));
+        Ok(Outcome::poll_after(name, call.config.poll_interval_ms))
     }
 
-    fn poll(inv: Invocation, handle: String) -> Result<Outcome, Failure> {
-        let config = jobkit::Config::parse(&inv.function.config).unwrap_or_default();
-        let pending = Outcome::Pending(Pending { handle: handle.clone(), poll_after_ms: Some(config.poll_interval_ms) });
-        let Some(status) = kubernetes::job_status(&handle).map_err(api_failure)? else {
-            return final_error("JOB_VANISHED".into(), format!("the Job {handle} disappeared before the function reported"), false);
-        };
-        match jobkit::verdict(&state(status)) {
-            jobkit::Verdict::Running => Ok(pending),
-            jobkit::Verdict::Failed { code, message, function_error } => final_error(code, message, function_error),
-            jobkit::Verdict::Succeeded(_) => final_error(
-                "CALLBACK_LOST".into(),
-                format!("the Job {handle} completed but its callback never reached the host (the job-poll dispatcher reads results from the pod)"),
+    fn poll(call: &Call<jobkit::Config>, handle: String) -> Result<Outcome, Failure> {
+        match verdict(&handle)? {
+            None => {
+                final_error("JOB_VANISHED", format!("the Job {handle} disappeared before the function reported"), false)
+            }
+            Some(Verdict::Running) => Ok(Outcome::poll_after(handle, call.config.poll_interval_ms)),
+            Some(Verdict::Failed { code, message, function_error }) => final_error(&code, message, function_error),
+            Some(Verdict::Succeeded(_)) => final_error(
+                "CALLBACK_LOST",
+                format!(
+                    "the Job {handle} completed but its callback never reached the host (the job-poll dispatcher reads results from the pod)"
+                ),
                 false,
             ),
         }
     }
 
-    fn release(_inv: Invocation, handle: String, _reason: ReleaseReason) {
+    fn release(_inv: &Invocation, handle: String, _reason: ReleaseReason) {
         if let Err(e) = kubernetes::delete_job(&handle) {
-            log(Level::Warn, &format!("cannot delete job {handle}: {}", e.message));
+            log::warn(&format!("cannot delete job {handle}: {}", e.message));
         }
     }
 }
 
-export!(K8sJob);
+nanofaas_plugin_sdk::export_dispatcher!(K8sJob);

@@ -14,14 +14,9 @@
 //! `pending`; the host polls when the process exits and kills it when the execution ends.
 //! `dispatcherConfig`: `{"mode": "json" | "raw", "workingDir": "…", "outputContentType": "…"}`.
 
-wit_bindgen::generate!({ world: "dispatcher", path: "../../wit" });
-
-use exports::nanofaas::dispatcher::strategy::Guest;
-use nanofaas::dispatcher::process::{self, Command};
-use nanofaas::dispatcher::types::{
-    Failure, FunctionSpec, Invocation, Outcome, Output, Part, Payload, Pending, ReleaseReason,
-};
-use nanofaas_contract::env;
+use nanofaas_plugin_sdk::contract::env;
+use nanofaas_plugin_sdk::prelude::*;
+use nanofaas_plugin_sdk::process::{self, Command};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,64 +36,52 @@ struct Config {
     output_content_type: Option<String>,
 }
 
-fn config(json: &str) -> Result<Config, String> {
-    serde_json::from_str(json).map_err(|e| format!("invalid dispatcherConfig: {e}"))
-}
-
 fn command(spec: &FunctionSpec, config: &Config, env: Vec<(String, String)>) -> Command {
     Command { argv: spec.command.clone(), env, cwd: config.working_dir.clone() }
 }
 
-fn function_error(code: &str, message: String) -> Outcome {
-    Outcome::Done(Err(Failure { code: code.into(), message, retryable: false }))
-}
-
-fn platform_error(code: &str, message: String) -> Failure {
-    Failure { code: code.into(), message, retryable: false }
-}
-
 struct Local;
 
-impl Guest for Local {
-    fn validate(spec: FunctionSpec) -> Result<(), String> {
-        let config = config(&spec.config)?;
+impl Dispatcher for Local {
+    type Config = Config;
+
+    fn validate(spec: &FunctionSpec, config: &Config) -> Result<(), String> {
         if spec.command.is_empty() {
             return Err("the local dispatcher needs a `command` (program and arguments)".into());
         }
         if config.mode == Mode::Json && config.output_content_type.is_some() {
             return Err("outputContentType applies to raw mode only".into());
         }
-        process::check(&command(&spec, &config, Vec::new()))
+        process::check(&command(spec, config, Vec::new()))
     }
 
-    fn dispatch(inv: Invocation, input: &Payload) -> Result<Outcome, Failure> {
-        let config = config(&inv.function.config).map_err(|e| platform_error("BAD_CONFIG", e))?;
-        let mut env = inv.function.env.clone();
+    fn dispatch(call: &Call<Config>, input: &Payload) -> Result<Outcome, Failure> {
+        let mut env = call.function().env.clone();
         env.extend([
-            (env::FUNCTION_NAME.to_string(), inv.function.name.clone()),
-            (env::EXECUTION_ID.to_string(), inv.execution_id.clone()),
-            (env::ATTEMPT.to_string(), inv.attempt.to_string()),
-            (env::TRACE_ID.to_string(), inv.trace_id.clone()),
-            (env::DEADLINE_UNIX_MS.to_string(), inv.deadline_unix_ms.to_string()),
+            (env::FUNCTION_NAME.to_string(), call.function().name.clone()),
+            (env::EXECUTION_ID.to_string(), call.execution_id.clone()),
+            (env::ATTEMPT.to_string(), call.attempt.to_string()),
+            (env::TRACE_ID.to_string(), call.trace_id.clone()),
+            (env::DEADLINE_UNIX_MS.to_string(), call.deadline_unix_ms.to_string()),
         ]);
-        let stdin = match config.mode {
-            Mode::Raw => Payload::new(&[Part::Payload(input)]),
-            Mode::Json => envelope(&inv, input),
+        let stdin = match call.config.mode {
+            Mode::Raw => input.share(),
+            Mode::Json => nanofaas_plugin_sdk::envelope(call, input),
         };
-        let handle = process::spawn(&command(&inv.function, &config, env), &stdin)
-            .map_err(|e| platform_error("PROCESS_START_FAILED", e))?;
-        Ok(Outcome::Pending(Pending { handle, poll_after_ms: None }))
+        let handle = process::spawn(&command(call.function(), &call.config, env), &stdin)
+            .map_err(|e| Failure::new("PROCESS_START_FAILED", e))?;
+        Ok(Outcome::wait(handle))
     }
 
-    fn poll(inv: Invocation, handle: String) -> Result<Outcome, Failure> {
-        let Some(exit) = process::status(&handle).map_err(|e| platform_error("PROCESS_LOST", e))? else {
-            return Ok(Outcome::Pending(Pending { handle, poll_after_ms: None }));
+    fn poll(call: &Call<Config>, handle: String) -> Result<Outcome, Failure> {
+        let Some(exit) = process::status(&handle).map_err(|e| Failure::new("PROCESS_LOST", e))? else {
+            return Ok(Outcome::wait(handle));
         };
         if exit.stdout_truncated {
-            return Ok(function_error("OUTPUT_TOO_LARGE", format!(
-                "the function wrote more than {} bytes to stdout and was stopped",
-                exit.stdout.size()
-            )));
+            return Ok(Outcome::function_error(
+                "OUTPUT_TOO_LARGE",
+                format!("the function wrote more than {} bytes to stdout and was stopped", exit.stdout.size()),
+            ));
         }
         if exit.code != Some(0) {
             let how = match (exit.code, exit.signal) {
@@ -107,27 +90,21 @@ impl Guest for Local {
                 (None, None) => "ended abnormally".to_string(),
             };
             let message = if exit.stderr_tail.is_empty() { how } else { format!("{how}: {}", exit.stderr_tail) };
-            return Ok(function_error("FUNCTION_ERROR", message));
+            return Ok(Outcome::function_error("FUNCTION_ERROR", message));
         }
-        let config = config(&inv.function.config).unwrap_or_default();
-        let output = match config.mode {
-            Mode::Json if exit.stdout.size() == 0 => {
-                Output { content_type: "application/json".into(), body: Payload::new(&[Part::Bytes(b"null".to_vec())]) }
+        Ok(match call.config.mode {
+            Mode::Json if exit.stdout.size() == 0 => Outcome::output("application/json", Payload::from_bytes(*b"null")),
+            Mode::Json => Outcome::output("application/json", exit.stdout),
+            Mode::Raw => {
+                let content_type = call.config.output_content_type.as_deref().unwrap_or("application/octet-stream");
+                Outcome::output(content_type, exit.stdout)
             }
-            Mode::Json => Output { content_type: "application/json".into(), body: exit.stdout },
-            Mode::Raw => Output {
-                content_type: config.output_content_type.unwrap_or_else(|| "application/octet-stream".into()),
-                body: exit.stdout,
-            },
-        };
-        Ok(Outcome::Done(Ok(output)))
+        })
     }
 
-    fn release(_inv: Invocation, handle: String, _reason: ReleaseReason) {
+    fn release(_inv: &Invocation, handle: String, _reason: ReleaseReason) {
         process::kill(&handle);
     }
 }
 
-include!("../../common/envelope.rs");
-
-export!(Local);
+nanofaas_plugin_sdk::export_dispatcher!(Local);

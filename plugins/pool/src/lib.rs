@@ -14,15 +14,10 @@
 //! start of the body.
 //! `dispatcherConfig`: `{"url": "…", "request": "envelope" | "raw", "timeoutMs": n, "headers": {…}}`.
 
-wit_bindgen::generate!({ world: "dispatcher", path: "../../wit" });
-
 use std::collections::BTreeMap;
 
-use exports::nanofaas::dispatcher::strategy::Guest;
-use nanofaas::dispatcher::http::{self, HttpError, Request};
-use nanofaas::dispatcher::types::{
-    Failure, FunctionSpec, Invocation, Outcome, Output, Part, Payload, Pending, ReleaseReason,
-};
+use nanofaas_plugin_sdk::http::{self, HttpError, Received, Request};
+use nanofaas_plugin_sdk::prelude::*;
 use serde::Deserialize;
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,114 +39,95 @@ struct Config {
     headers: BTreeMap<String, String>,
 }
 
-fn config(spec: &FunctionSpec) -> Result<(Config, String), String> {
-    let config: Config = serde_json::from_str(&spec.config).map_err(|e| format!("invalid dispatcherConfig: {e}"))?;
-    let url = config
+/// The endpoint: the config's `url`, else the function's `endpointUrl`.
+fn url(spec: &FunctionSpec, config: &Config) -> Result<String, String> {
+    config
         .url
         .clone()
         .or_else(|| spec.endpoint_url.clone())
-        .ok_or("the pool dispatcher needs an `endpointUrl` (or dispatcherConfig.url)")?;
-    if config.timeout_ms == Some(0) {
-        return Err("dispatcherConfig.timeoutMs must be at least 1".into());
-    }
-    for (name, value) in &config.headers {
-        // RFC 9110 token characters for names; no control characters (CR, LF, NUL) in values.
-        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-        if name.is_empty() || !name.bytes().all(token) {
-            return Err(format!("dispatcherConfig.headers: `{name}` is not a valid header name"));
-        }
-        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            return Err(format!("dispatcherConfig.headers.{name}: the value must not contain CR, LF or other control characters"));
-        }
-    }
-    Ok((config, url))
-}
-
-fn failure(code: &str, message: String, retryable: bool) -> Failure {
-    Failure { code: code.into(), message, retryable }
+        .ok_or_else(|| "the pool dispatcher needs an `endpointUrl` (or dispatcherConfig.url)".to_string())
 }
 
 struct Pool;
 
-impl Guest for Pool {
-    fn validate(spec: FunctionSpec) -> Result<(), String> {
-        let (_, url) = config(&spec)?;
+impl Dispatcher for Pool {
+    type Config = Config;
+
+    fn validate(spec: &FunctionSpec, config: &Config) -> Result<(), String> {
+        let url = url(spec, config)?;
+        if config.timeout_ms == Some(0) {
+            return Err("dispatcherConfig.timeoutMs must be at least 1".into());
+        }
+        for (name, value) in &config.headers {
+            // RFC 9110 token characters for names; no control characters (CR, LF, NUL) in values.
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(format!("dispatcherConfig.headers: `{name}` is not a valid header name"));
+            }
+            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(format!(
+                    "dispatcherConfig.headers.{name}: the value must not contain CR, LF or other control characters"
+                ));
+            }
+        }
         http::check_url(&url)
     }
 
-    fn dispatch(inv: Invocation, input: &Payload) -> Result<Outcome, Failure> {
-        let (config, url) = config(&inv.function).map_err(|e| failure("BAD_CONFIG", e, false))?;
-        let (body, content_type) = match config.request {
-            Body::Raw => (Payload::new(&[Part::Payload(input)]), inv.content_type.clone()),
-            Body::Envelope => (envelope(&inv, input), "application/json".to_string()),
+    fn dispatch(call: &Call<Config>, input: &Payload) -> Result<Outcome, Failure> {
+        let url = url(call.function(), &call.config).map_err(Failure::bad_config)?;
+        let (body, content_type) = match call.config.request {
+            Body::Raw => (input.share(), call.content_type.as_str()),
+            Body::Envelope => (nanofaas_plugin_sdk::envelope(call, input), "application/json"),
         };
-        let mut headers: Vec<(String, String)> = config.headers.into_iter().collect();
-        headers.extend([
-            ("content-type".to_string(), content_type),
-            ("x-execution-id".to_string(), inv.execution_id.clone()),
-            ("x-trace-id".to_string(), inv.trace_id.clone()),
-            ("x-dispatch-attempt".to_string(), inv.attempt.to_string()),
-            ("idempotency-key".to_string(), inv.idempotency_key.clone().unwrap_or_else(|| inv.execution_id.clone())),
-        ]);
-        let request = Request { method: "POST".into(), url, headers, timeout_ms: config.timeout_ms };
-        match http::start(&request, &body) {
-            Ok(handle) => Ok(Outcome::Pending(Pending { handle, poll_after_ms: None })),
-            Err(e) => Err(error(e)),
+        let key = call.idempotency_key.as_deref().unwrap_or(&call.execution_id);
+        let mut request = Request::post(url).timeout_ms(call.config.timeout_ms);
+        for (name, value) in &call.config.headers {
+            request = request.header(name, value);
         }
+        let request = request
+            .header("content-type", content_type)
+            .header("x-execution-id", &call.execution_id)
+            .header("x-trace-id", &call.trace_id)
+            .header("x-dispatch-attempt", call.attempt.to_string())
+            .header("idempotency-key", key);
+        http::send(&request, &body).map_err(error)
     }
 
-    fn poll(_inv: Invocation, handle: String) -> Result<Outcome, Failure> {
-        let response = match http::take_response(&handle) {
-            None => return Ok(Outcome::Pending(Pending { handle, poll_after_ms: None })),
-            Some(Err(HttpError::TooLarge(n))) => {
-                return Ok(Outcome::Done(Err(failure(
+    fn poll(_call: &Call<Config>, handle: String) -> Result<Outcome, Failure> {
+        let response = match http::receive(handle) {
+            Received::InFlight(waiting) => return Ok(waiting),
+            Received::Failed(HttpError::TooLarge(n)) => {
+                return Ok(Outcome::function_error(
                     "OUTPUT_TOO_LARGE",
                     format!("the endpoint's response ({n} bytes) is larger than the host accepts"),
-                    false,
-                ))));
+                ));
             }
-            Some(Err(e)) => return Err(error(e)),
-            Some(Ok(response)) => response,
+            Received::Failed(e) => return Err(error(e)),
+            Received::Response(response) => response,
         };
-        let excerpt = || {
-            let bytes = response.body.read(0, 256);
-            String::from_utf8_lossy(&bytes).trim().to_string()
-        };
+        let answered = || format!("the endpoint answered {}: {}", response.status, response.body.excerpt(256));
         match response.status {
             200..=299 => {
-                let content_type = response
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_else(|| "application/json".into());
-                Ok(Outcome::Done(Ok(Output { content_type, body: response.body })))
+                let content_type = response.header("content-type").unwrap_or("application/json").to_string();
+                Ok(Outcome::output(&content_type, response.body))
             }
-            400..=499 => Ok(Outcome::Done(Err(failure(
-                "FUNCTION_ERROR",
-                format!("the endpoint answered {}: {}", response.status, excerpt()),
-                false,
-            )))),
-            500..=599 => Err(failure("ENDPOINT_ERROR", format!("the endpoint answered {}: {}", response.status, excerpt()), true)),
-            other => Err(failure("ENDPOINT_ERROR", format!("the endpoint answered {other}: {}", excerpt()), false)),
+            400..=499 => Ok(Outcome::function_error("FUNCTION_ERROR", answered())),
+            500..=599 => Err(Failure::retryable("ENDPOINT_ERROR", answered())),
+            _ => Err(Failure::new("ENDPOINT_ERROR", answered())),
         }
     }
 
-    fn release(_inv: Invocation, _handle: String, _reason: ReleaseReason) {
-        // The host aborts requests of finished executions; nothing else to clean up.
-    }
+    // `release` is the default: the host aborts the requests of finished executions.
 }
 
 fn error(e: HttpError) -> Failure {
     match e {
-        HttpError::NotAllowed(m) => failure("ENDPOINT_NOT_ALLOWED", m, false),
-        HttpError::Connect(m) => failure("ENDPOINT_UNAVAILABLE", m, true),
-        HttpError::Timeout => failure("ENDPOINT_TIMEOUT", "the endpoint did not answer in time".into(), true),
-        HttpError::TooLarge(n) => failure("OUTPUT_TOO_LARGE", format!("{n} bytes"), false),
-        HttpError::Other(m) => failure("ENDPOINT_ERROR", m, true),
+        HttpError::NotAllowed(m) => Failure::new("ENDPOINT_NOT_ALLOWED", m),
+        HttpError::Connect(m) => Failure::retryable("ENDPOINT_UNAVAILABLE", m),
+        HttpError::Timeout => Failure::retryable("ENDPOINT_TIMEOUT", "the endpoint did not answer in time"),
+        HttpError::TooLarge(n) => Failure::new("OUTPUT_TOO_LARGE", format!("{n} bytes")),
+        HttpError::Other(m) => Failure::retryable("ENDPOINT_ERROR", m),
     }
 }
 
-include!("../../common/envelope.rs");
-
-export!(Pool);
+nanofaas_plugin_sdk::export_dispatcher!(Pool);
