@@ -155,6 +155,34 @@ async fn a_dropped_in_plugin_serves_a_function() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no uppercse.wasm") && err.contains("uppercase"), "{err}");
+
+    // Per-plugin limits and grants from the plugin config file, checked as `serve` would.
+    let check = |config: &str| {
+        let file = dir.path().join("plugins.yaml");
+        std::fs::write(&file, config).unwrap();
+        std::process::Command::new(binary())
+            .args(["plugins", "check", "--plugin-dir", dir_arg, "--plugin-config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out =
+        check("plugins:\n  uppercase: {capabilities: [http], instances: 2, logLines: 5}\n  echo: {cpuBudgetMs: 20}\n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text.lines().find(|l| l.starts_with("uppercase")).unwrap();
+    assert!(line.contains("http"), "the file's capabilities are granted: {line}");
+    for (config, needle) in [
+        ("plugins:\n  uppercse: {instances: 1}\n", "`uppercse`: there is no plugin of that name"),
+        ("plugins:\n  echo: {capabilities: [http]}\n", "a built-in plugin's capabilities are fixed"),
+        ("plugins:\n  uppercase: {memoryMib: 4096}\n", "more than an instance slot has"),
+        ("plugins:\n  uppercase: {instances: 0}\n", "instances must be at least 1"),
+        ("plugins:\n  uppercase: {logLine: 5}\n", "unknown field `logLine`"),
+    ] {
+        let out = check(config);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{config}: {err}");
+    }
 }
 
 /// The README's walkthrough: the example functions, served as the run command serves them,

@@ -149,3 +149,63 @@ async fn plugin_directory_loads_valid_components_and_refuses_the_rest() {
     assert!(find("core.wasm").contains("not a valid WebAssembly component"));
     assert!(matches!(catalog.get("echo").unwrap().source, nanofaas::plugin::Source::Builtin), "no silent override");
 }
+
+/// The testkit again under another name (`nogrant`), with a policy of its own.
+fn with_policy(instances: u32, policy: nanofaas::plugin::PluginPolicy) -> Config {
+    Config {
+        plugin: PluginLimits { instances, ..PluginLimits::default() },
+        plugin_policies: [("nogrant".to_string(), policy)].into(),
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugin_spinning_does_not_starve_anothers_share() {
+    // A pool of two slots, of which `nogrant` may use one: its calls spin for 20 s of CPU each,
+    // and the ones past its share wait for it instead of taking the other slot.
+    let policy = nanofaas::plugin::PluginPolicy {
+        instances: Some(1),
+        cpu_budget_ms: Some(20_000),
+        call_timeout_ms: Some(30_000),
+        ..Default::default()
+    };
+    let cp = control_plane(with_policy(2, policy)).await;
+    register(&cp, "spin", "nogrant", &[], json!({"behavior": "loop"}), |s| s.concurrency = Some(4)).await.unwrap();
+    testkit(&cp, "healthy", json!({}), |s| s.concurrency = Some(100)).await;
+    let validated = plugin_instances(&cp, "nogrant"); // registration's `validate`
+    let mut spinners = Vec::new();
+    for i in 0..3 {
+        spinners.push(submit(&cp, "spin", &i.to_string()).await);
+    }
+    while plugin_instances(&cp, "nogrant") == validated {
+        tokio::task::yield_now().await;
+    }
+    // Without the share, two spinners hold both slots and these wait 20 s for one.
+    for i in 0..20 {
+        let ok = submit(&cp, "healthy", &i.to_string()).await;
+        tokio::time::timeout(Duration::from_secs(10), ok.wait_done())
+            .await
+            .expect("the healthy plugin's calls got a slot while the other plugin spun");
+        assert_eq!(ok.status(), Status::Success);
+    }
+    assert!(spinners.iter().all(|s| !s.is_terminal()), "the spinners were still running");
+    assert_eq!(plugin_instances(&cp, "nogrant"), validated + 1, "one spinner at a time: its share");
+}
+
+#[tokio::test]
+async fn a_plugin_over_its_own_quota_fails_its_call_only() {
+    let policy = nanofaas::plugin::PluginPolicy { payload_mib: Some(1), ..Default::default() };
+    let cp = control_plane(with_policy(8, policy)).await;
+    register(&cp, "tight", "nogrant", &[], json!({}), |_| {}).await.unwrap();
+    testkit(&cp, "roomy", json!({}), |_| {}).await;
+    // A 2 MiB input handed back: a 2 MiB payload created by the plugin.
+    let big = format!("\"{}\"", "x".repeat(2 << 20));
+    let tight = submit(&cp, "tight", &big).await;
+    tight.wait_done().await;
+    let error = tight.snapshot().error.expect("over its quota");
+    assert_eq!(error.code, "PLUGIN_FAULT");
+    assert!(error.message.contains("more payload bytes"), "{}", error.message);
+    let roomy = submit(&cp, "roomy", &big).await;
+    roomy.wait_done().await;
+    assert_eq!(roomy.status(), Status::Success, "the host's default quota (64 MiB) applies to the others");
+}

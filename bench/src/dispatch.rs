@@ -67,7 +67,7 @@ pub async fn measure(iterations: usize) -> anyhow::Result<Dispatch> {
     builder.add_builtins()?;
     let catalog = Arc::new(builder.build());
     let caps = Arc::new(Capabilities::detached(&nanofaas::config::Config::default()));
-    let plugins = Plugins::new(catalog, limits, caps, Metrics::new());
+    let plugins = Plugins::new(catalog, limits, &Default::default(), caps, Metrics::new());
     let echo = plugins.get("echo").expect("echo is built in").clone();
     let inv = Invocation {
         execution_id: "bench".into(),

@@ -15,8 +15,16 @@ use crate::plugin::{Catalog, LoadError};
 /// Builds the catalog: built-in plugins, then every valid component in the plugin directory.
 /// Refused files are logged and returned; they do not stop the host.
 pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Vec<LoadError>)> {
-    let grants = grants(&config.grants)?;
+    let mut grants = grants(&config.grants)?;
     check_grants(&grants, config.plugin_dir.as_deref())?;
+    check_policies(config)?;
+    for (name, policy) in &config.plugin_policies {
+        let granted = policy.grants().map_err(anyhow::Error::msg)?;
+        if granted.iter().next().is_some() {
+            let merged = grants.get(name).map_or(granted.clone(), |g| g.with(&granted));
+            grants.insert(name.clone(), merged);
+        }
+    }
     let pins = pins(&config.pins)?;
     if let (Some(name), None) = (pins.keys().next(), &config.plugin_dir) {
         anyhow::bail!("--pin {name}=…: pins are for plugins of --plugin-dir, and none is given");
@@ -113,6 +121,54 @@ pub fn publish_plugins(cp: &ControlPlane) {
     }
 }
 
+/// Reads the plugin config file (`--plugin-config`) into `config.plugin_policies`.
+pub fn load_plugin_config(config: &mut Config) -> anyhow::Result<()> {
+    let Some(path) = &config.plugin_config else { return Ok(()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    config.plugin_policies =
+        crate::plugin::parse_policies(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Refuses a policy of a plugin that is neither built in nor a file of the plugin directory
+/// (a typo would leave the intended plugin unbounded, silently), capabilities for a built-in
+/// (theirs are fixed), and values the host cannot honour.
+fn check_policies(config: &Config) -> anyhow::Result<()> {
+    if config.plugin_policies.is_empty() {
+        return Ok(());
+    }
+    let builtins: Vec<&str> = crate::builtin::BUILTIN.iter().map(|(name, _)| *name).collect();
+    let files = match &config.plugin_dir {
+        Some(dir) => plugin_files(dir)?,
+        None => Vec::new(),
+    };
+    for (name, policy) in &config.plugin_policies {
+        let what = format!("the plugin config's `{name}`");
+        let builtin = builtins.contains(&name.as_str());
+        if !builtin && !files.contains(name) {
+            let mut known: Vec<&str> = builtins.clone();
+            known.extend(files.iter().map(String::as_str));
+            anyhow::bail!("{what}: there is no plugin of that name (plugins: {})", known.join(", "));
+        }
+        if builtin && !policy.capabilities.is_empty() {
+            anyhow::bail!("{what}: a built-in plugin's capabilities are fixed");
+        }
+        policy.check(&config.plugin).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The plugin names (file stems) of the `.wasm` files in `dir`.
+fn plugin_files(dir: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the plugin directory {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect())
+}
+
 /// Refuses a grant for a plugin the plugin directory has no file for: a typo there would
 /// otherwise leave the plugin without the capability it was meant to get, silently.
 fn check_grants(grants: &BTreeMap<String, Grants>, dir: Option<&Path>) -> anyhow::Result<()> {
@@ -120,13 +176,7 @@ fn check_grants(grants: &BTreeMap<String, Grants>, dir: Option<&Path>) -> anyhow
     let Some(dir) = dir else {
         anyhow::bail!("--grant {name}=…: grants are for plugins of --plugin-dir, and none is given");
     };
-    let files: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the plugin directory {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .collect();
+    let files = plugin_files(dir)?;
     for name in grants.keys() {
         if !files.contains(name) {
             anyhow::bail!(

@@ -69,6 +69,11 @@ impl Grants {
         Self(caps.iter().copied().collect())
     }
 
+    /// These and `other`'s.
+    pub fn with(&self, other: &Grants) -> Grants {
+        Grants(self.0.union(&other.0).copied().collect())
+    }
+
     pub fn allows(&self, cap: Capability) -> bool {
         self.0.contains(&cap)
     }

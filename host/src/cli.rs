@@ -63,6 +63,9 @@ pub enum PluginsCommand {
         plugin_dir: Option<PathBuf>,
         #[arg(long = "grant", env = "NANOFAAS_GRANTS", value_delimiter = ';')]
         grants: Vec<String>,
+        /// The per-plugin limits and grants file `serve` would use (checked as it would).
+        #[arg(long, env = "NANOFAAS_PLUGIN_CONFIG")]
+        plugin_config: Option<PathBuf>,
     },
 }
 

@@ -85,6 +85,11 @@ pub struct Config {
     pub grants: Vec<String>,
     /// Dropped-in plugins pinned to a content digest, as `NAME=SHA256`: another file is refused.
     pub pins: Vec<String>,
+    /// The operator's plugin config file (per-plugin limits and grants), read at start into
+    /// `plugin_policies`.
+    pub plugin_config: Option<PathBuf>,
+    /// Per-plugin limits and grants by plugin name (from `plugin_config`, or set in code).
+    pub plugin_policies: std::collections::BTreeMap<String, crate::plugin::PluginPolicy>,
     /// Functions to register at start (YAML or JSON list of function specs).
     pub functions_file: Option<PathBuf>,
     /// Base URL that remote runners use to reach this host; callbacks go to
@@ -185,6 +190,8 @@ impl Default for Config {
             plugin_dir: None,
             plugin_scan_interval: Duration::from_secs(1),
             grants: Vec::new(),
+            plugin_config: None,
+            plugin_policies: Default::default(),
             pins: Vec::new(),
             functions_file: None,
             callback_url: None,
@@ -270,6 +277,10 @@ pub struct ServeArgs {
     /// it): a file with another digest is refused (repeatable; `;`-separated in the env var).
     #[arg(long = "pin", env = "NANOFAAS_PLUGIN_PINS", value_delimiter = ';')]
     pub pins: Vec<String>,
+    /// Per-plugin limits and grants: a YAML or JSON file, `plugins: {NAME: {capabilities,
+    /// instances, memoryMib, cpuBudgetMs, callTimeoutMs, payloadMib, logLines}}` (read at start).
+    #[arg(long, env = "NANOFAAS_PLUGIN_CONFIG")]
+    pub plugin_config: Option<PathBuf>,
     /// Functions to register at start: a YAML or JSON list of function specs.
     #[arg(long, env = "NANOFAAS_FUNCTIONS")]
     pub functions: Option<PathBuf>,
@@ -404,6 +415,8 @@ impl From<ServeArgs> for Config {
             plugin_scan_interval: Duration::from_millis(a.plugin_scan_interval_ms),
             grants: a.grants,
             pins: a.pins,
+            plugin_config: a.plugin_config,
+            plugin_policies: Default::default(),
             functions_file: a.functions,
             callback_url: a.callback_url,
             callback_secret: a.callback_secret,

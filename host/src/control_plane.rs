@@ -189,7 +189,13 @@ impl ControlPlane {
         };
         let capabilities =
             Capabilities::new(&config, wake, &metrics, cluster, journal).map_err(ControlPlaneError::Config)?;
-        let plugins = Plugins::new(catalog, config.plugin.clone(), Arc::new(capabilities), metrics.clone());
+        let plugins = Plugins::new(
+            catalog,
+            config.plugin.clone(),
+            &config.plugin_policies,
+            Arc::new(capabilities),
+            metrics.clone(),
+        );
         let dispatcher = Arc::new(Dispatcher::new(
             plugins,
             ledger.clone(),

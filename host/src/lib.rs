@@ -112,6 +112,8 @@ pub async fn run_with_cluster(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.check_exposure().map_err(anyhow::Error::msg)?;
+    let mut config = config;
+    bootstrap::load_plugin_config(&mut config)?;
     let (catalog, _refused) = bootstrap::catalog(&config)?;
     let api_addr = listeners.api.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;

@@ -22,8 +22,8 @@ async fn main() -> ExitCode {
         Command::Invoke(args) => cli::invoke(args).await,
         Command::Exec(args) => cli::executions(args).await,
         Command::Plugins(PluginsCommand::List(args)) => cli::plugins(args).await,
-        Command::Plugins(PluginsCommand::Check { plugin_dir, grants }) => {
-            check_plugins(Config { plugin_dir, grants, ..Config::default() })
+        Command::Plugins(PluginsCommand::Check { plugin_dir, grants, plugin_config }) => {
+            check_plugins(Config { plugin_dir, grants, plugin_config, ..Config::default() })
         }
         Command::Completions { shell } => {
             cli::completions(shell);
@@ -52,8 +52,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Lists what this binary would load; fails when any file is refused.
-fn check_plugins(config: Config) -> anyhow::Result<ExitCode> {
+fn check_plugins(mut config: Config) -> anyhow::Result<ExitCode> {
     let _logging = telemetry::init(config.log_format, false);
+    bootstrap::load_plugin_config(&mut config)?;
     let (catalog, refused) = bootstrap::catalog(&config)?;
     for plugin in catalog.plugins() {
         let source = match &plugin.source {

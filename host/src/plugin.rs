@@ -17,6 +17,7 @@
 mod bindings;
 mod imports;
 mod loader;
+mod policy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::otel::{Span, SpanKind};
 
 pub use loader::{CatalogBuilder, LoadError, dir_signature};
+pub use policy::{PluginPolicy, parse as parse_policies};
 
 /// Host-owned bytes behind the WIT `payload` resource.
 pub struct Payload(pub Bytes);
@@ -289,8 +291,17 @@ pub struct Plugins {
     /// The size of `permits`.
     slots: usize,
     limits: PluginLimits,
+    /// Plugins the operator's plugin config names: their own limits and share of the pool.
+    shares: BTreeMap<String, Share>,
     caps: Arc<Capabilities>,
     metrics: Metrics,
+}
+
+/// One plugin's limits, and the permits of its share of the pool when it has one. Kept by name,
+/// so a reloaded version of the plugin shares them with the one it replaces.
+struct Share {
+    limits: PluginLimits,
+    permits: Option<Arc<Semaphore>>,
 }
 
 /// An instance kept between the calls of one attempt (dispatch, then the poll and release that
@@ -316,7 +327,8 @@ pub(crate) struct Live {
     /// `None` until instantiated (or when instantiation failed).
     instance: Option<bindings::Dispatcher>,
     stderr: MemoryOutputPipe,
-    _permit: OwnedSemaphorePermit,
+    /// Its slot of the pool, and of its plugin's share (when it has one).
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
 impl Live {
@@ -336,14 +348,36 @@ impl Live {
 const HANDLE_BUDGET: u32 = 10_000;
 
 impl Plugins {
-    pub fn new(catalog: Arc<Catalog>, limits: PluginLimits, caps: Arc<Capabilities>, metrics: Metrics) -> Self {
+    /// Calls `catalog`'s plugins with `limits`, and with their own for the plugins `policies`
+    /// name (checked already: values out of the host's bounds are clamped to them).
+    pub fn new(
+        catalog: Arc<Catalog>,
+        limits: PluginLimits,
+        policies: &BTreeMap<String, PluginPolicy>,
+        caps: Arc<Capabilities>,
+        metrics: Metrics,
+    ) -> Self {
         // Never more instances in flight than the pool has slots: past that, instantiation
         // fails instead of waiting.
         let slots = limits.instances.min(catalog.pool_size).max(1) as usize;
         let (engine, memory_bytes) = (catalog.engine.clone(), catalog.memory_bytes);
+        let shares = policies
+            .iter()
+            .map(|(name, policy)| {
+                let limits = policy.limits(&limits, memory_bytes);
+                let permits =
+                    policy.instances.map(|_| Arc::new(Semaphore::new((limits.instances as usize).min(slots))));
+                (name.clone(), Share { limits, permits })
+            })
+            .collect();
         let catalog = std::sync::RwLock::new(catalog);
         let permits = Arc::new(Semaphore::new(slots));
-        Self { catalog, engine, memory_bytes, permits, slots, limits, caps, metrics }
+        Self { catalog, engine, memory_bytes, permits, slots, limits, shares, caps, metrics }
+    }
+
+    /// The limits of `plugin`'s calls.
+    pub fn limits_of(&self, plugin: &str) -> &PluginLimits {
+        self.shares.get(plugin).map_or(&self.limits, |s| &s.limits)
     }
 
     /// Whether an instance may be kept between two calls of an attempt: only while at least half
@@ -458,21 +492,27 @@ impl Plugins {
             span.set("nanofaas.plugin", plugin.name.clone());
         }
         ctx.trace = span.context();
+        let limits = self.limits_of(&plugin.name);
         let mut live = match held.0.take().filter(|live| *live.store.data().plugin == *plugin.name) {
             Some(mut live) => {
-                live.renew(ctx, &self.limits);
+                live.renew(ctx, limits);
                 live
             }
             None => {
+                // The plugin's own share first, so a call waiting for it holds no pool slot.
+                let share = match self.shares.get(&plugin.name).and_then(|s| s.permits.clone()) {
+                    Some(permits) => Some(permits.acquire_owned().await.expect("the semaphore is never closed")),
+                    None => None,
+                };
                 let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let stderr = MemoryOutputPipe::new(self.limits.stderr_bytes);
-                let store = self.new_store(plugin, ctx, stderr.clone());
-                Box::new(Live { store, instance: None, stderr, _permit: permit })
+                let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
+                let store = self.new_store(plugin, limits, ctx, stderr.clone());
+                Box::new(Live { store, instance: None, stderr, _permits: (permit, share) })
             }
         };
         let started = Instant::now();
         let Live { store, instance, .. } = &mut *live;
-        let result = tokio::time::timeout(self.limits.call_timeout, async {
+        let result = tokio::time::timeout(limits.call_timeout, async {
             let instance = match instance {
                 Some(instance) => &*instance,
                 None => {
@@ -498,7 +538,7 @@ impl Plugins {
             }
             Ok(Err(error)) => classify(&error),
             Err(_) => {
-                let message = format!("{call} did not finish within {} ms", self.limits.call_timeout.as_millis());
+                let message = format!("{call} did not finish within {} ms", limits.call_timeout.as_millis());
                 (PluginFault { kind: FaultKind::Timeout, message }, String::new())
             }
         };
@@ -519,10 +559,17 @@ impl Plugins {
         Err(PluginFault { message: format!("plugin `{}` {call}: {reason}", plugin.name), ..fault })
     }
 
-    fn new_store(&self, plugin: &Plugin, ctx: CallContext, stderr: MemoryOutputPipe) -> Store<HostState> {
+    fn new_store(
+        &self,
+        plugin: &Plugin,
+        limits: &PluginLimits,
+        ctx: CallContext,
+        stderr: MemoryOutputPipe,
+    ) -> Store<HostState> {
         let wasi = WasiCtx::builder().stderr(stderr).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.memory_bytes)
+        let memory = if self.shares.contains_key(&plugin.name) { limits.memory_bytes } else { self.memory_bytes };
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(memory)
             .instances(16)
             .tables(16)
             .memories(4)
@@ -531,14 +578,14 @@ impl Plugins {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: store_limits,
             plugin: Arc::from(plugin.name.as_str()),
             grants: plugin.grants.clone(),
             ctx,
             caps: self.caps.clone(),
-            ticks_left: self.limits.cpu_budget_ticks,
-            log_budget: self.limits.log_budget,
-            payload_budget: self.limits.payload_bytes,
+            ticks_left: limits.cpu_budget_ticks,
+            log_budget: limits.log_budget,
+            payload_budget: limits.payload_bytes,
             handle_budget: HANDLE_BUDGET,
         };
         let mut store = Store::new(&self.engine, state);
