@@ -183,6 +183,22 @@ async fn a_dropped_in_plugin_serves_a_function() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(needle), "{config}: {err}");
     }
+
+    // A plugin importing a capability it is not granted: a warning line, or with
+    // `--plugin-imports refuse` a refusal. (The testkit imports `http`.)
+    std::fs::copy(artifacts::TESTKIT, dir.path().join("relay.wasm")).unwrap();
+    let imports = |policy: &str| {
+        std::process::Command::new(binary())
+            .args(["plugins", "check", "--plugin-dir", dir_arg, "--plugin-imports", policy])
+            .output()
+            .unwrap()
+    };
+    let out = imports("warn");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("warning      relay: imports http and is not granted it"), "{text}");
+    let out = imports("refuse");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("refused") && text.contains("--grant relay=http"), "{text}");
 }
 
 /// The README's walkthrough: the example functions, served as the run command serves them,

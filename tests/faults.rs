@@ -150,6 +150,41 @@ async fn plugin_directory_loads_valid_components_and_refuses_the_rest() {
     assert!(matches!(catalog.get("echo").unwrap().source, nanofaas::plugin::Source::Builtin), "no silent override");
 }
 
+#[test]
+fn a_plugin_importing_a_capability_it_is_not_granted_warns_or_is_refused_by_policy() {
+    use nanofaas::capability::{Capability, Grants, builtin_grants};
+    use nanofaas::plugin::Catalog;
+    let dir = tempfile::tempdir().unwrap();
+    // The testkit imports `http` (its `http-get` behavior).
+    std::fs::copy(nanofaas_test_support::artifacts::TESTKIT, dir.path().join("relay.wasm")).unwrap();
+    let load = |strict: bool, grants: &[(&str, Grants)]| {
+        let grants = grants.iter().map(|(n, g)| (n.to_string(), g.clone())).collect();
+        let mut builder = Catalog::builder(&PluginLimits::default()).unwrap();
+        builder.add_builtins().unwrap();
+        builder.strict_imports(strict);
+        let refused = builder.add_dir(dir.path(), &grants).unwrap();
+        (builder.build(), refused)
+    };
+    // By default it loads: what it imports is known, and the grant is enforced per call.
+    let (catalog, refused) = load(false, &[]);
+    assert!(refused.is_empty(), "{:?}", refused.iter().map(|e| &e.reason).collect::<Vec<_>>());
+    let relay = catalog.get("relay").unwrap();
+    assert_eq!((relay.needs.names(), relay.grants.names()), ("http".to_string(), String::new()));
+    // Every built-in imports exactly the capabilities it is granted.
+    for plugin in catalog.plugins().filter(|p| p.name != "relay") {
+        assert_eq!(plugin.needs, builtin_grants(&plugin.name), "{}", plugin.name);
+    }
+    // Strict: refused, naming what it imports and how to grant it.
+    let (catalog, refused) = load(true, &[]);
+    assert!(catalog.get("relay").is_none());
+    assert_eq!(refused.len(), 1);
+    let reason = &refused[0].reason;
+    assert!(reason.contains("imports http and is not granted it") && reason.contains("--grant relay=http"), "{reason}");
+    // Strict and granted (more than it needs is fine): it loads.
+    let (catalog, refused) = load(true, &[("relay", Grants::of(&[Capability::Http, Capability::Process]))]);
+    assert!(refused.is_empty() && catalog.get("relay").is_some());
+}
+
 /// The testkit again under another name (`nogrant`), with a policy of its own.
 fn with_policy(instances: u32, policy: nanofaas::plugin::PluginPolicy) -> Config {
     Config {

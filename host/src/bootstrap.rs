@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::capability::{Grants, parse_grant};
-use crate::config::Config;
+use crate::config::{Config, PluginImports};
 use crate::control_plane::ControlPlane;
 use crate::function::FunctionSpec;
 use crate::plugin::{Catalog, LoadError};
@@ -32,6 +32,7 @@ pub fn catalog(config: &Config) -> anyhow::Result<(Catalog, Vec<LoadError>)> {
     let mut builder = Catalog::builder(&config.plugin)?;
     builder.add_builtins()?;
     builder.pin(pins);
+    builder.strict_imports(config.plugin_imports == PluginImports::Refuse);
     let mut refused = Vec::new();
     if let Some(dir) = &config.plugin_dir {
         refused = builder.add_dir(dir, &grants)?;

@@ -74,6 +74,16 @@ impl Grants {
         Grants(self.0.union(&other.0).copied().collect())
     }
 
+    /// These but not `other`'s.
+    pub fn without(&self, other: &Grants) -> Grants {
+        Grants(self.0.difference(&other.0).copied().collect())
+    }
+
+    /// The names, comma-separated (without the implied `log`).
+    pub fn names(&self) -> String {
+        self.iter().map(Capability::as_str).collect::<Vec<_>>().join(",")
+    }
+
     pub fn allows(&self, cap: Capability) -> bool {
         self.0.contains(&cap)
     }

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Accepted, ErrorBody, ExecutionView, InvocationResponse, LogsView, PluginView};
-use crate::config::ServeArgs;
+use crate::config::{PluginImports, ServeArgs};
 use crate::function::FunctionSpec;
 
 /// `nanofaas`: a function-as-a-service control plane with WebAssembly dispatcher plugins.
@@ -66,6 +66,9 @@ pub enum PluginsCommand {
         /// The per-plugin limits and grants file `serve` would use (checked as it would).
         #[arg(long, env = "NANOFAAS_PLUGIN_CONFIG")]
         plugin_config: Option<PathBuf>,
+        /// `refuse`: a plugin importing a capability it is not granted counts as refused.
+        #[arg(long, env = "NANOFAAS_PLUGIN_IMPORTS", value_enum, default_value_t = PluginImports::Warn)]
+        plugin_imports: PluginImports,
     },
 }
 

@@ -90,6 +90,8 @@ pub struct Config {
     pub plugin_config: Option<PathBuf>,
     /// Per-plugin limits and grants by plugin name (from `plugin_config`, or set in code).
     pub plugin_policies: std::collections::BTreeMap<String, crate::plugin::PluginPolicy>,
+    /// What becomes of a plugin whose imports name a capability it is not granted.
+    pub plugin_imports: PluginImports,
     /// Functions to register at start (YAML or JSON list of function specs).
     pub functions_file: Option<PathBuf>,
     /// Base URL that remote runners use to reach this host; callbacks go to
@@ -160,6 +162,16 @@ pub struct PluginLimits {
     pub safety_poll: Duration,
 }
 
+/// What the loader does with a plugin whose imports name a capability it is not granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PluginImports {
+    /// Load it and log a warning: its calls of that capability fail (the grant is enforced per call).
+    #[default]
+    Warn,
+    /// Refuse the file, naming the capability and how to grant it.
+    Refuse,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     #[default]
@@ -192,6 +204,7 @@ impl Default for Config {
             grants: Vec::new(),
             plugin_config: None,
             plugin_policies: Default::default(),
+            plugin_imports: PluginImports::Warn,
             pins: Vec::new(),
             functions_file: None,
             callback_url: None,
@@ -281,6 +294,10 @@ pub struct ServeArgs {
     /// instances, memoryMib, cpuBudgetMs, callTimeoutMs, payloadMib, logLines}}` (read at start).
     #[arg(long, env = "NANOFAAS_PLUGIN_CONFIG")]
     pub plugin_config: Option<PathBuf>,
+    /// A plugin whose imports name a capability it is not granted: `warn` (load it; its calls of
+    /// that capability fail) or `refuse` the file.
+    #[arg(long, env = "NANOFAAS_PLUGIN_IMPORTS", value_enum, default_value_t = PluginImports::Warn)]
+    pub plugin_imports: PluginImports,
     /// Functions to register at start: a YAML or JSON list of function specs.
     #[arg(long, env = "NANOFAAS_FUNCTIONS")]
     pub functions: Option<PathBuf>,
@@ -417,6 +434,7 @@ impl From<ServeArgs> for Config {
             pins: a.pins,
             plugin_config: a.plugin_config,
             plugin_policies: Default::default(),
+            plugin_imports: a.plugin_imports,
             functions_file: a.functions,
             callback_url: a.callback_url,
             callback_secret: a.callback_secret,

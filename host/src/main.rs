@@ -22,8 +22,8 @@ async fn main() -> ExitCode {
         Command::Invoke(args) => cli::invoke(args).await,
         Command::Exec(args) => cli::executions(args).await,
         Command::Plugins(PluginsCommand::List(args)) => cli::plugins(args).await,
-        Command::Plugins(PluginsCommand::Check { plugin_dir, grants, plugin_config }) => {
-            check_plugins(Config { plugin_dir, grants, plugin_config, ..Config::default() })
+        Command::Plugins(PluginsCommand::Check { plugin_dir, grants, plugin_config, plugin_imports }) => {
+            check_plugins(Config { plugin_dir, grants, plugin_config, plugin_imports, ..Config::default() })
         }
         Command::Completions { shell } => {
             cli::completions(shell);
@@ -62,6 +62,10 @@ fn check_plugins(mut config: Config) -> anyhow::Result<ExitCode> {
             nanofaas::plugin::Source::File(p) => p.display().to_string(),
         };
         println!("{:<12} {:<28} {} {}", plugin.name, plugin.grants, &plugin.digest[..12], source);
+        let missing = plugin.needs.without(&plugin.grants).names();
+        if !missing.is_empty() {
+            println!("warning      {}: imports {missing} and is not granted it", plugin.name);
+        }
     }
     for e in &refused {
         println!("refused      {}: {}", e.what, e.reason);

@@ -68,6 +68,8 @@ pub struct Plugin {
     pub name: String,
     pub source: Source,
     pub grants: Grants,
+    /// The capabilities its imports name (what it would use), granted or not.
+    pub needs: Grants,
     /// SHA-256 of the component's bytes (hex): what identifies this version of it.
     pub digest: String,
     pre: bindings::DispatcherPre<HostState>,
@@ -83,6 +85,8 @@ pub struct Catalog {
     grants: BTreeMap<String, Grants>,
     /// Digests dropped-in plugins are pinned to, by name.
     pins: BTreeMap<String, String>,
+    /// Whether a plugin importing a capability it is not granted is refused (else a warning).
+    strict_imports: bool,
     /// Plugin files that were refused: name → reason.
     refused: BTreeMap<String, String>,
     pool_size: u32,

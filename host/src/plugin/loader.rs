@@ -15,7 +15,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use super::bindings::{Dispatcher, DispatcherPre};
 use super::{Catalog, HostState, Plugin, Source};
-use crate::capability::Grants;
+use crate::capability::{Capability, Grants};
 use crate::config::PluginLimits;
 
 /// How often the engine's epoch advances: the granularity of CPU budgets and of yielding.
@@ -37,10 +37,20 @@ pub struct CatalogBuilder {
     dir: Option<PathBuf>,
     grants: BTreeMap<String, Grants>,
     pins: BTreeMap<String, String>,
+    strict_imports: bool,
     /// Files of the plugin directory that were refused: plugin name → reason.
     refused: BTreeMap<String, String>,
     pool_size: u32,
     memory_bytes: usize,
+}
+
+/// What a component must satisfy besides being one of this contract, and what it is given.
+struct Admission<'a> {
+    grants: Grants,
+    /// The digest its name is pinned to.
+    pin: Option<&'a String>,
+    /// Refuse (rather than warn about) a component that imports a capability it is not granted.
+    strict_imports: bool,
 }
 
 impl CatalogBuilder {
@@ -77,6 +87,7 @@ impl CatalogBuilder {
             dir: None,
             grants: BTreeMap::new(),
             pins: BTreeMap::new(),
+            strict_imports: false,
             refused: BTreeMap::new(),
             pool_size,
             memory_bytes: limits.memory_bytes,
@@ -89,7 +100,8 @@ impl CatalogBuilder {
             let reason = format!("the name `{name}` is already taken by {}", taken_by(existing));
             return Err(LoadError { what: describe(name, &source), reason });
         }
-        let plugin = compile(&self.engine, &self.linker, name, bytes, source, grants, self.pins.get(name))?;
+        let admission = Admission { grants, pin: self.pins.get(name), strict_imports: self.strict_imports };
+        let plugin = compile(&self.engine, &self.linker, name, bytes, source, admission)?;
         tracing::info!(plugin = name, source = %describe(name, &plugin.source), grants = %plugin.grants,
             digest = %plugin.digest, "plugin loaded");
         self.plugins.insert(name.to_string(), Arc::new(plugin));
@@ -100,6 +112,12 @@ impl CatalogBuilder {
     /// refused, at start and when the directory is read again.
     pub fn pin(&mut self, pins: BTreeMap<String, String>) {
         self.pins = pins;
+    }
+
+    /// Refuses, instead of loading with a warning, a component whose imports name a capability
+    /// it is not granted (`--plugin-imports refuse`).
+    pub fn strict_imports(&mut self, strict: bool) {
+        self.strict_imports = strict;
     }
 
     /// Adds the plugins compiled into the binary.
@@ -140,6 +158,7 @@ impl CatalogBuilder {
             dir: self.dir,
             grants: self.grants,
             pins: self.pins,
+            strict_imports: self.strict_imports,
             refused: self.refused,
             pool_size: self.pool_size,
             memory_bytes: self.memory_bytes,
@@ -178,9 +197,12 @@ impl Catalog {
                     None => match plugins.get(name) {
                         Some(builtin) => Err(format!("the name `{name}` is already taken by {}", taken_by(builtin))),
                         None => {
-                            let grants = self.grants.get(name).cloned().unwrap_or_default();
-                            let pin = self.pins.get(name);
-                            compile(&self.engine, &self.linker, name, &bytes, Source::File(path.clone()), grants, pin)
+                            let admission = Admission {
+                                grants: self.grants.get(name).cloned().unwrap_or_default(),
+                                pin: self.pins.get(name),
+                                strict_imports: self.strict_imports,
+                            };
+                            compile(&self.engine, &self.linker, name, &bytes, Source::File(path.clone()), admission)
                                 .map(Arc::new)
                                 .map_err(|e| e.reason)
                         }
@@ -233,6 +255,7 @@ impl Catalog {
             dir: self.dir.clone(),
             grants: self.grants.clone(),
             pins: self.pins.clone(),
+            strict_imports: self.strict_imports,
             refused,
             pool_size: self.pool_size,
             memory_bytes: self.memory_bytes,
@@ -299,9 +322,9 @@ fn compile(
     name: &str,
     bytes: &[u8],
     source: Source,
-    grants: Grants,
-    pin: Option<&String>,
+    admission: Admission,
 ) -> Result<Plugin, LoadError> {
+    let Admission { grants, pin, strict_imports } = admission;
     let refuse = |reason: String| LoadError { what: describe(name, &source), reason };
     if !valid_name(name) {
         let mut reason =
@@ -319,12 +342,34 @@ fn compile(
     }
     let component =
         Component::new(engine, bytes).map_err(|e| refuse(format!("not a valid WebAssembly component: {e:#}")))?;
+    let needs = needs(engine, &component);
+    let missing = needs.without(&grants).names();
+    if !missing.is_empty() {
+        if strict_imports {
+            return Err(refuse(format!(
+                "it imports {missing} and is not granted it (grant it with --grant {name}={missing} or the plugin config's capabilities)"
+            )));
+        }
+        tracing::warn!(plugin = name, source = %describe(name, &source), missing = %missing,
+            "plugin imports capabilities it is not granted: its calls of them will fail");
+    }
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| refuse(format!("does not link against the nanofaas:dispatcher@0.1.0 imports: {e:#}")))?;
     let pre = DispatcherPre::new(pre)
         .map_err(|e| refuse(format!("does not export nanofaas:dispatcher/strategy@0.1.0: {e:#}")))?;
-    Ok(Plugin { name: name.to_string(), source, grants, digest, pre })
+    Ok(Plugin { name: name.to_string(), source, grants, needs, digest, pre })
+}
+
+/// The capabilities a component's imports name (`nanofaas:dispatcher/http@0.1.0` → `http`).
+/// wit-bindgen guests import only the interfaces they call, so this is what the plugin uses.
+fn needs(engine: &Engine, component: &Component) -> Grants {
+    let caps: Vec<Capability> = component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(import, _)| import.strip_prefix("nanofaas:dispatcher/")?.split('@').next()?.parse().ok())
+        .collect();
+    Grants::of(&caps)
 }
 
 /// Plugin names are file stems and function `dispatcher` values: keep them simple.
