@@ -27,6 +27,8 @@ pub fn catalog() -> Arc<Catalog> {
                     ("testkit", artifacts::TESTKIT, testkit),
                     ("nogrant", artifacts::TESTKIT, Grants::none()),
                     ("uppercase", artifacts::UPPERCASE, Grants::none()),
+                    // Built against the previous contract, nanofaas:dispatcher@0.1.0.
+                    ("legacy", artifacts::LEGACY, Grants::none()),
                 ]
             {
                 let bytes = std::fs::read(path).unwrap();

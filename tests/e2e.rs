@@ -195,7 +195,7 @@ async fn a_dropped_in_plugin_serves_a_function() {
     };
     let out = imports("warn");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("warning      relay: imports http and is not granted it"), "{text}");
+    assert!(out.status.success() && text.contains("warning      relay: needs http and is not granted it"), "{text}");
     let out = imports("refuse");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains("refused") && text.contains("--grant relay=http"), "{text}");

@@ -179,10 +179,55 @@ fn a_plugin_importing_a_capability_it_is_not_granted_warns_or_is_refused_by_poli
     assert!(catalog.get("relay").is_none());
     assert_eq!(refused.len(), 1);
     let reason = &refused[0].reason;
-    assert!(reason.contains("imports http and is not granted it") && reason.contains("--grant relay=http"), "{reason}");
+    assert!(reason.contains("needs http and is not granted it") && reason.contains("--grant relay=http"), "{reason}");
     // Strict and granted (more than it needs is fine): it loads.
     let (catalog, refused) = load(true, &[("relay", Grants::of(&[Capability::Http, Capability::Process]))]);
     assert!(refused.is_empty() && catalog.get("relay").is_some());
+}
+
+#[tokio::test]
+async fn a_plugin_of_the_previous_contract_serves_beside_plugins_of_the_current_one() {
+    let cp = control_plane(Config::default()).await;
+    let catalog = catalog();
+    // `legacy` was built against a frozen copy of nanofaas:dispatcher@0.1.0: no metadata export.
+    let legacy = catalog.get("legacy").unwrap();
+    assert_eq!((legacy.contract.as_str(), legacy.metadata.is_none()), ("0.1.0", true));
+    // The testkit (wit-bindgen) and uppercase (the SDK) are of the current contract and say so.
+    let current = catalog.get("testkit").unwrap();
+    assert_eq!(current.contract, nanofaas_contract::CONTRACT_VERSION);
+    let meta = current.metadata.clone().unwrap();
+    assert_eq!(
+        (meta.name.as_str(), meta.version.as_str(), meta.capabilities),
+        ("testkit", "0.1.0", vec!["http".into()])
+    );
+    let uppercase = catalog.get("uppercase").unwrap().metadata.clone().unwrap();
+    assert_eq!(
+        (uppercase.name.as_str(), uppercase.contract.as_str()),
+        ("uppercase", nanofaas_contract::CONTRACT_VERSION)
+    );
+    for plugin in catalog.plugins().filter(|p| p.name != "legacy") {
+        assert_eq!(plugin.contract, nanofaas_contract::CONTRACT_VERSION, "{}", plugin.name);
+    }
+
+    register(&cp, "old", "legacy", &[], json!({}), |_| {}).await.unwrap();
+    testkit(&cp, "new", json!({}), |_| {}).await;
+    let (old, new) = (submit(&cp, "old", r#""abc""#).await, submit(&cp, "new", r#""abc""#).await);
+    old.wait_done().await;
+    new.wait_done().await;
+    let output =
+        |e: &nanofaas::execution::Execution| e.snapshot().output.map(|o| String::from_utf8_lossy(&o.body).into_owned());
+    assert_eq!((old.status(), output(&old).as_deref()), (Status::Success, Some(r#"{"legacy":5}"#)));
+    assert_eq!((new.status(), output(&new).as_deref()), (Status::Success, Some(r#""abc""#)));
+}
+
+#[test]
+fn a_plugin_whose_metadata_claims_what_it_lacks_is_refused_naming_each_claim() {
+    use nanofaas::plugin::{Catalog, Source};
+    let mut builder = Catalog::builder(&PluginLimits::default()).unwrap();
+    let bytes = std::fs::read(nanofaas_test_support::artifacts::LIAR).unwrap();
+    let e = builder.add("liar", &bytes, Source::Builtin, Default::default()).unwrap_err();
+    assert!(e.reason.contains("`teleport`") && e.reason.contains("unknown capability"), "{}", e.reason);
+    assert!(e.reason.contains("says it implements `lifecycle`, which it does not export"), "{}", e.reason);
 }
 
 /// The testkit again under another name (`nogrant`), with a policy of its own.

@@ -13,6 +13,8 @@
 //!   message and the Job plugins read back when no callback came.
 //! - [`results`]: what a plugin's results must look like beyond their WIT types (failure codes,
 //!   pending handles), checked by the host and asserted by the plugin SDK.
+//! - [`CONTRACT_VERSION`]: the version of the `wit/` package, which the SDK reports in a
+//!   plugin's metadata and the host names in its messages.
 
 use serde_json::{Map, Value};
 
@@ -58,6 +60,9 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// The version of `package nanofaas:dispatcher` in `wit/`: what plugins built now target.
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 /// The rules of a plugin's results that WIT types cannot say.
 pub mod results {
@@ -237,5 +242,12 @@ mod tests {
         assert!(is_json("application/json; charset=utf-8"));
         assert!(is_json("application/cloudevents+json"));
         assert!(!is_json("text/plain"));
+    }
+
+    #[test]
+    fn the_contract_version_is_the_wit_packages() {
+        let wit = include_str!("../../wit/dispatcher.wit");
+        let package = wit.lines().find_map(|l| l.strip_prefix("package nanofaas:dispatcher@")).unwrap();
+        assert_eq!(package.trim_end_matches(';'), CONTRACT_VERSION);
     }
 }

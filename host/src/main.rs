@@ -61,10 +61,13 @@ fn check_plugins(mut config: Config) -> anyhow::Result<ExitCode> {
             nanofaas::plugin::Source::Builtin => "built-in".to_string(),
             nanofaas::plugin::Source::File(p) => p.display().to_string(),
         };
-        println!("{:<12} {:<28} {} {}", plugin.name, plugin.grants, &plugin.digest[..12], source);
+        let version = plugin.metadata.as_ref().map_or("-", |m| m.version.as_str());
+        let (name, grants, digest, contract) =
+            (&plugin.name, plugin.grants.to_string(), &plugin.digest[..12], &plugin.contract);
+        println!("{name:<12} {version:<8} {contract:<7} {grants:<28} {digest} {source}");
         let missing = plugin.needs.without(&plugin.grants).names();
         if !missing.is_empty() {
-            println!("warning      {}: imports {missing} and is not granted it", plugin.name);
+            println!("warning      {}: needs {missing} and is not granted it", plugin.name);
         }
     }
     for e in &refused {

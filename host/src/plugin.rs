@@ -44,6 +44,20 @@ pub use policy::{PluginPolicy, parse as parse_policies};
 /// Host-owned bytes behind the WIT `payload` resource.
 pub struct Payload(pub Bytes);
 
+/// What a plugin says about itself: its `metadata` export, read once when it is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// Its own name (its package's); functions use the name of its file.
+    pub name: String,
+    pub version: String,
+    /// The contract version it says it was built against.
+    pub contract: String,
+    /// Capabilities it declares it needs (also counted in [`Plugin::needs`]).
+    pub capabilities: Vec<String>,
+    /// Optional interfaces it says it exports (checked at load).
+    pub implements: Vec<String>,
+}
+
 /// Where a plugin came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -72,7 +86,11 @@ pub struct Plugin {
     pub needs: Grants,
     /// SHA-256 of the component's bytes (hex): what identifies this version of it.
     pub digest: String,
-    pre: bindings::DispatcherPre<HostState>,
+    /// The contract version of its `strategy` export (`0.1.0`, `0.1.1`).
+    pub contract: String,
+    /// What it says about itself; `None` for a plugin of contract 0.1.0.
+    pub metadata: Option<Metadata>,
+    pre: bindings::PluginPre,
 }
 
 /// The engine and the compiled plugins.
@@ -91,6 +109,7 @@ pub struct Catalog {
     refused: BTreeMap<String, String>,
     pool_size: u32,
     memory_bytes: usize,
+    limits: PluginLimits,
 }
 
 impl Catalog {
@@ -329,7 +348,7 @@ impl Held {
 pub(crate) struct Live {
     store: Store<HostState>,
     /// `None` until instantiated (or when instantiation failed).
-    instance: Option<bindings::Dispatcher>,
+    instance: Option<bindings::PluginInstance>,
     stderr: MemoryOutputPipe,
     /// Its slot of the pool, and of its plugin's share (when it has one).
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
@@ -416,7 +435,7 @@ impl Plugins {
     pub async fn validate(&self, plugin: &Plugin, spec: &FunctionView) -> Result<Result<(), String>, PluginFault> {
         let spec = bindings::to_spec(spec);
         self.call(plugin, "validate", CallContext::default(), &mut Held::default(), async |store, inst| {
-            inst.nanofaas_dispatcher_strategy().call_validate(store, &spec).await
+            inst.strategy.call_validate(store, &spec).await
         })
         .await
     }
@@ -434,7 +453,7 @@ impl Plugins {
         self.call(plugin, "dispatch", CallContext::for_invocation(inv), held, async |store, inst| {
             let input = store.data_mut().table.push(Payload(input))?;
             let borrowed = wasmtime::component::Resource::new_borrow(input.rep());
-            let result = inst.nanofaas_dispatcher_strategy().call_dispatch(&mut *store, &wit_inv, borrowed).await?;
+            let result = inst.strategy.call_dispatch(&mut *store, &wit_inv, borrowed).await?;
             store.data_mut().table.delete(input)?;
             bindings::from_step(store, result)
         })
@@ -451,7 +470,7 @@ impl Plugins {
     ) -> Result<Result<Outcome, Failure>, PluginFault> {
         let wit_inv = bindings::to_invocation(inv);
         self.call(plugin, "poll", CallContext::for_invocation(inv), held, async |store, inst| {
-            let result = inst.nanofaas_dispatcher_strategy().call_poll(&mut *store, &wit_inv, handle).await?;
+            let result = inst.strategy.call_poll(&mut *store, &wit_inv, handle).await?;
             bindings::from_step(store, result)
         })
         .await
@@ -469,7 +488,7 @@ impl Plugins {
         let wit_inv = bindings::to_invocation(inv);
         let reason = bindings::to_reason(reason);
         self.call(plugin, "release", CallContext::for_invocation(inv), held, async |store, inst| {
-            inst.nanofaas_dispatcher_strategy().call_release(store, &wit_inv, handle, reason).await
+            inst.strategy.call_release(store, &wit_inv, handle, reason).await
         })
         .await
     }
@@ -483,7 +502,7 @@ impl Plugins {
         call: &'static str,
         mut ctx: CallContext,
         held: &mut Held,
-        f: impl AsyncFnOnce(&mut Store<HostState>, &bindings::Dispatcher) -> wasmtime::Result<T>,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &bindings::PluginInstance) -> wasmtime::Result<T>,
     ) -> Result<T, PluginFault> {
         let name = match call {
             "dispatch" => "plugin dispatch",
@@ -570,42 +589,116 @@ impl Plugins {
         ctx: CallContext,
         stderr: MemoryOutputPipe,
     ) -> Store<HostState> {
-        let wasi = WasiCtx::builder().stderr(stderr).build();
         let memory = if self.shares.contains_key(&plugin.name) { limits.memory_bytes } else { self.memory_bytes };
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(memory)
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = HostState {
-            wasi,
-            table: ResourceTable::new(),
-            limits: store_limits,
-            plugin: Arc::from(plugin.name.as_str()),
-            grants: plugin.grants.clone(),
-            ctx,
-            caps: self.caps.clone(),
-            ticks_left: limits.cpu_budget_ticks,
-            log_budget: limits.log_budget,
-            payload_budget: limits.payload_bytes,
-            handle_budget: HANDLE_BUDGET,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut cx| {
-            let state = cx.data_mut();
-            if state.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            state.ticks_left -= 1;
-            // Give the tick back to tokio so a busy guest cannot starve other tasks.
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
-        });
-        store
+        let budget = Budget { memory_bytes: memory, ..Budget::of(limits) };
+        new_store(&self.engine, &plugin.name, plugin.grants.clone(), budget, self.caps.clone(), ctx, stderr)
     }
+}
+
+/// Reads a freshly compiled plugin's metadata (`None` when it exports none): one instance,
+/// granted nothing, bounded by `limits` like any call. It runs on a thread of its own with a
+/// runtime of its own, so loading code can wait for it whether or not it runs on a runtime.
+fn read_metadata(engine: &Engine, plugin: &Plugin, limits: &PluginLimits) -> Result<Option<Metadata>, String> {
+    static CAPS: std::sync::OnceLock<Arc<Capabilities>> = std::sync::OnceLock::new();
+    if !plugin.pre.has_metadata() {
+        return Ok(None);
+    }
+    let caps = CAPS
+        .get_or_init(|| {
+            let config = crate::config::Config { local_exec: false, ..Default::default() };
+            Arc::new(Capabilities::detached(&config))
+        })
+        .clone();
+    let probe = async {
+        let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
+        let mut store =
+            new_store(engine, &plugin.name, Grants::none(), Budget::of(limits), caps, CallContext::default(), stderr);
+        let result = tokio::time::timeout(limits.call_timeout, async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            plugin.pre.info(&mut store, &instance).await
+        })
+        .await;
+        match result {
+            Ok(Ok(metadata)) => Ok(metadata),
+            Ok(Err(error)) => Err(classify(&error).0.message),
+            Err(_) => Err(format!("did not finish within {} ms", limits.call_timeout.as_millis())),
+        }
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build();
+                runtime.map_err(|e| format!("cannot start a runtime: {e}"))?.block_on(probe)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the metadata call panicked the host thread".into()))
+    })
+}
+
+/// What one call may use.
+#[derive(Clone, Copy)]
+struct Budget {
+    memory_bytes: usize,
+    cpu_ticks: u32,
+    log_lines: u32,
+    payload_bytes: u64,
+}
+
+impl Budget {
+    fn of(limits: &PluginLimits) -> Self {
+        Budget {
+            memory_bytes: limits.memory_bytes,
+            cpu_ticks: limits.cpu_budget_ticks,
+            log_lines: limits.log_budget,
+            payload_bytes: limits.payload_bytes,
+        }
+    }
+}
+
+/// A store for one call of the plugin `name`: its grants, `budget`, the call's context.
+fn new_store(
+    engine: &Engine,
+    name: &str,
+    grants: Grants,
+    budget: Budget,
+    caps: Arc<Capabilities>,
+    ctx: CallContext,
+    stderr: MemoryOutputPipe,
+) -> Store<HostState> {
+    let wasi = WasiCtx::builder().stderr(stderr).build();
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(budget.memory_bytes)
+        .instances(16)
+        .tables(16)
+        .memories(4)
+        .trap_on_grow_failure(true)
+        .build();
+    let state = HostState {
+        wasi,
+        table: ResourceTable::new(),
+        limits: store_limits,
+        plugin: Arc::from(name),
+        grants,
+        ctx,
+        caps,
+        ticks_left: budget.cpu_ticks,
+        log_budget: budget.log_lines,
+        payload_budget: budget.payload_bytes,
+        handle_budget: HANDLE_BUDGET,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let state = cx.data_mut();
+        if state.ticks_left == 0 {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        state.ticks_left -= 1;
+        // Give the tick back to tokio so a busy guest cannot starve other tasks.
+        Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+    });
+    store
 }
 
 /// Longest reason of a fault shown to callers, in bytes.

@@ -85,6 +85,11 @@ pub trait Dispatcher {
     /// [`NoConfig`] accepts only an empty object.
     type Config: DeserializeOwned;
 
+    /// Capabilities the plugin needs (`"process"`, `"http"`, `"kubernetes"`), reported in its
+    /// metadata. The host also reads them from the component's imports; declaring them says so
+    /// to the operator even for a capability used only on some paths. The operator grants them.
+    const CAPABILITIES: &'static [&'static str] = &[];
+
     /// At registration, after the config parsed: refuse the function with a message for the user
     /// (a 400 `DISPATCHER_REFUSED`). The default accepts every function.
     fn validate(spec: &FunctionSpec, config: &Self::Config) -> Result<(), String> {
@@ -245,6 +250,19 @@ pub mod __private {
     pub fn release<D: Dispatcher>(inv: Invocation, handle: String, reason: ReleaseReason) {
         D::release(&inv, handle, reason)
     }
+
+    pub use crate::bindings::exports::nanofaas::dispatcher::metadata::PluginInfo as Info;
+
+    /// The plugin's metadata: its package's name and version (`env!` in the plugin crate).
+    pub fn info<D: Dispatcher>(name: &str, version: &str) -> Info {
+        Info {
+            name: name.to_string(),
+            version: version.to_string(),
+            contract: nanofaas_contract::CONTRACT_VERSION.to_string(),
+            capabilities: D::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            implements: Vec::new(),
+        }
+    }
 }
 
 /// Exports a [`Dispatcher`] as the plugin's `strategy` (once per plugin crate).
@@ -272,6 +290,12 @@ macro_rules! export_dispatcher {
                 }
                 fn release(inv: $crate::Invocation, handle: ::std::string::String, reason: $crate::ReleaseReason) {
                     $crate::__private::release::<$plugin>(inv, handle, reason)
+                }
+            }
+
+            impl $crate::bindings::exports::nanofaas::dispatcher::metadata::Guest for NanofaasStrategy {
+                fn info() -> $crate::__private::Info {
+                    $crate::__private::info::<$plugin>(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
                 }
             }
 

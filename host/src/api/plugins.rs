@@ -22,6 +22,16 @@ pub struct PluginView<'a> {
     /// SHA-256 of the component (hex): which version of it is serving.
     #[schema(value_type = String)]
     pub digest: Cow<'a, str>,
+    /// The contract version it was built against (`0.1.0`, `0.1.1`).
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub contract: Cow<'a, str>,
+    /// Its own version, from its metadata (none for a plugin of contract 0.1.0).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The capabilities it needs (its imports and its metadata say so), granted or not.
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
 /// The dispatcher plugins this host loaded.
@@ -35,6 +45,9 @@ pub(super) async fn list(State(cp): State<ControlPlane>) -> Json<Vec<PluginView<
         capabilities: plugin.grants.to_string().split(',').map(str::to_string).collect(),
         source: Cow::Owned(plugin.source.label()),
         digest: Cow::Owned(plugin.digest.clone()),
+        contract: Cow::Owned(plugin.contract.clone()),
+        version: plugin.metadata.as_ref().map(|m| m.version.clone()),
+        needs: plugin.needs.iter().map(|c| c.to_string()).collect(),
     });
     Json(views.collect())
 }

@@ -83,9 +83,19 @@ pub fn plugins(plugins: &[PluginView]) -> String {
     let short = |d: &str| d.get(..12).unwrap_or(d).to_string();
     let rows: Vec<Vec<String>> = plugins
         .iter()
-        .map(|p| vec![p.name.to_string(), p.capabilities.join(","), p.source.to_string(), short(&p.digest)])
+        .map(|p| {
+            let version = p.version.clone().unwrap_or_else(|| "-".into());
+            vec![
+                p.name.to_string(),
+                version,
+                p.contract.to_string(),
+                p.capabilities.join(","),
+                p.source.to_string(),
+                short(&p.digest),
+            ]
+        })
         .collect();
-    table(&["NAME", "CAPABILITIES", "SOURCE", "DIGEST"], &rows)
+    table(&["NAME", "VERSION", "CONTRACT", "CAPABILITIES", "SOURCE", "DIGEST"], &rows)
 }
 
 pub fn execution(exec: &Execution) -> String {

@@ -3,6 +3,7 @@
 //! visible outside `plugin`.
 
 use wasmtime::Store;
+use wasmtime::component::InstancePre;
 
 use super::{FaultKind, HostAbort, HostState, Output, Payload};
 
@@ -14,7 +15,58 @@ wasmtime::component::bindgen!({
     with: { "nanofaas:dispatcher/types.payload": super::Payload },
 });
 
+use self::exports::nanofaas::dispatcher::{metadata, strategy};
 use self::nanofaas::dispatcher::types as wit;
+
+/// A plugin's component, pre-instantiated, and where its exports are: `strategy` always,
+/// `metadata` when it has one (plugins of contract 0.1.0 have none). Export names are looked up
+/// semver-compatibly, so a plugin exporting `strategy@0.1.0` is found as `strategy@0.1.1`.
+pub(super) struct PluginPre {
+    pre: InstancePre<HostState>,
+    strategy: strategy::GuestIndices,
+    metadata: Option<metadata::GuestIndices>,
+}
+
+/// One instance of a plugin: its `strategy` functions, type-checked.
+pub(super) struct PluginInstance {
+    instance: wasmtime::component::Instance,
+    pub strategy: strategy::Guest,
+}
+
+impl PluginPre {
+    pub fn new(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
+        let strategy = strategy::GuestIndices::new(&pre)?;
+        let metadata = metadata::GuestIndices::new(&pre).ok();
+        Ok(Self { pre, strategy, metadata })
+    }
+
+    pub fn has_metadata(&self) -> bool {
+        self.metadata.is_some()
+    }
+
+    pub async fn instantiate_async(&self, store: &mut Store<HostState>) -> wasmtime::Result<PluginInstance> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let strategy = self.strategy.load(&mut *store, &instance)?;
+        Ok(PluginInstance { instance, strategy })
+    }
+
+    /// Calls `metadata.info` on `inst`, when the plugin exports it.
+    pub async fn info(
+        &self,
+        store: &mut Store<HostState>,
+        inst: &PluginInstance,
+    ) -> wasmtime::Result<Option<super::Metadata>> {
+        let Some(indices) = &self.metadata else { return Ok(None) };
+        let info = indices.load(&mut *store, &inst.instance)?.call_info(&mut *store).await?;
+        Ok(Some(super::Metadata {
+            name: info.name,
+            version: info.version,
+            contract: info.contract,
+            capabilities: info.capabilities,
+            implements: info.implements,
+        }))
+    }
+}
 
 pub(super) fn to_spec(spec: &super::FunctionView) -> wit::FunctionSpec {
     wit::FunctionSpec {

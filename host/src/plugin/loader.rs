@@ -13,8 +13,10 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{Dispatcher, DispatcherPre};
-use super::{Catalog, HostState, Plugin, Source};
+use nanofaas_contract::CONTRACT_VERSION;
+
+use super::bindings::{Dispatcher, PluginPre};
+use super::{Catalog, HostState, Plugin, Source, read_metadata};
 use crate::capability::{Capability, Grants};
 use crate::config::PluginLimits;
 
@@ -42,6 +44,8 @@ pub struct CatalogBuilder {
     refused: BTreeMap<String, String>,
     pool_size: u32,
     memory_bytes: usize,
+    /// The host's default limits, which a metadata call at load gets.
+    limits: PluginLimits,
 }
 
 /// What a component must satisfy besides being one of this contract, and what it is given.
@@ -51,19 +55,23 @@ struct Admission<'a> {
     pin: Option<&'a String>,
     /// Refuse (rather than warn about) a component that imports a capability it is not granted.
     strict_imports: bool,
+    /// What its metadata call may use.
+    limits: &'a PluginLimits,
 }
 
 impl CatalogBuilder {
     pub(super) fn new(limits: &PluginLimits) -> anyhow::Result<Self> {
         let pool_size = limits.instances.max(1);
+        // One slot more than calls may hold: the one a plugin's metadata is read in at load.
+        let slots = pool_size + 1;
         let mut pool = PoolingAllocationConfig::new();
         // One instance of a wit-bindgen guest holds 1 component instance, 3 core instances,
         // 1 memory and 2 tables; keep some headroom for larger plugins.
-        pool.total_component_instances(pool_size)
-            .total_core_instances(pool_size * 4)
-            .total_memories(pool_size)
-            .total_tables(pool_size * 2)
-            .total_stacks(pool_size)
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 4)
+            .total_memories(slots)
+            .total_tables(slots * 2)
+            .total_stacks(slots)
             .max_memory_size(limits.memory_bytes)
             // Keeping the first pages of each slot resident and resetting them by scanning the
             // page map makes recycling a slot ~5x cheaper than madvise on every release.
@@ -91,6 +99,7 @@ impl CatalogBuilder {
             refused: BTreeMap::new(),
             pool_size,
             memory_bytes: limits.memory_bytes,
+            limits: limits.clone(),
         })
     }
 
@@ -100,10 +109,10 @@ impl CatalogBuilder {
             let reason = format!("the name `{name}` is already taken by {}", taken_by(existing));
             return Err(LoadError { what: describe(name, &source), reason });
         }
-        let admission = Admission { grants, pin: self.pins.get(name), strict_imports: self.strict_imports };
+        let admission =
+            Admission { grants, pin: self.pins.get(name), strict_imports: self.strict_imports, limits: &self.limits };
         let plugin = compile(&self.engine, &self.linker, name, bytes, source, admission)?;
-        tracing::info!(plugin = name, source = %describe(name, &plugin.source), grants = %plugin.grants,
-            digest = %plugin.digest, "plugin loaded");
+        log_loaded(&plugin);
         self.plugins.insert(name.to_string(), Arc::new(plugin));
         Ok(())
     }
@@ -162,6 +171,7 @@ impl CatalogBuilder {
             refused: self.refused,
             pool_size: self.pool_size,
             memory_bytes: self.memory_bytes,
+            limits: self.limits,
         }
     }
 }
@@ -201,6 +211,7 @@ impl Catalog {
                                 grants: self.grants.get(name).cloned().unwrap_or_default(),
                                 pin: self.pins.get(name),
                                 strict_imports: self.strict_imports,
+                                limits: &self.limits,
                             };
                             compile(&self.engine, &self.linker, name, &bytes, Source::File(path.clone()), admission)
                                 .map(Arc::new)
@@ -259,6 +270,7 @@ impl Catalog {
             refused,
             pool_size: self.pool_size,
             memory_bytes: self.memory_bytes,
+            limits: self.limits.clone(),
         })
     }
 }
@@ -324,8 +336,9 @@ fn compile(
     source: Source,
     admission: Admission,
 ) -> Result<Plugin, LoadError> {
-    let Admission { grants, pin, strict_imports } = admission;
-    let refuse = |reason: String| LoadError { what: describe(name, &source), reason };
+    let Admission { grants, pin, strict_imports, limits } = admission;
+    let what = describe(name, &source);
+    let refuse = |reason: String| LoadError { what: what.clone(), reason };
     if !valid_name(name) {
         let mut reason =
             format!("`{name}` is not a valid plugin name (lower-case letters, digits and `-`, starting with a letter)");
@@ -342,34 +355,75 @@ fn compile(
     }
     let component =
         Component::new(engine, bytes).map_err(|e| refuse(format!("not a valid WebAssembly component: {e:#}")))?;
-    let needs = needs(engine, &component);
-    let missing = needs.without(&grants).names();
+    let pre = linker.instantiate_pre(&component).map_err(|e| {
+        refuse(format!("does not link against the nanofaas:dispatcher@{CONTRACT_VERSION} imports: {e:#}"))
+    })?;
+    let pre = PluginPre::new(pre).map_err(|e| {
+        refuse(format!("does not export nanofaas:dispatcher/strategy@{CONTRACT_VERSION} (or an earlier 0.1.x): {e:#}"))
+    })?;
+    let (imports, exports) = contract_names(engine, &component);
+    let contract = exports.get("strategy").cloned().unwrap_or_default();
+    let mut plugin = Plugin {
+        name: name.to_string(),
+        source,
+        grants,
+        needs: Grants::of(&imports.keys().filter_map(|i| i.parse().ok()).collect::<Vec<Capability>>()),
+        contract,
+        metadata: None,
+        digest,
+        pre,
+    };
+    let metadata =
+        read_metadata(engine, &plugin, limits).map_err(|e| refuse(format!("its metadata call failed: {e}")))?;
+    if let Some(metadata) = &metadata {
+        let mut problems = Vec::new();
+        let mut declared = Vec::new();
+        for cap in metadata.capabilities.iter().filter(|c| *c != "log") {
+            match cap.parse::<Capability>() {
+                Ok(cap) => declared.push(cap),
+                Err(e) => problems.push(format!("its metadata names {e}")),
+            }
+        }
+        for interface in metadata.implements.iter().filter(|i| !exports.contains_key(i.as_str())) {
+            problems.push(format!("its metadata says it implements `{interface}`, which it does not export"));
+        }
+        if !problems.is_empty() {
+            return Err(refuse(problems.join("; ")));
+        }
+        plugin.needs = plugin.needs.with(&Grants::of(&declared));
+    }
+    plugin.metadata = metadata;
+    let missing = plugin.needs.without(&plugin.grants).names();
     if !missing.is_empty() {
         if strict_imports {
             return Err(refuse(format!(
-                "it imports {missing} and is not granted it (grant it with --grant {name}={missing} or the plugin config's capabilities)"
+                "it needs {missing} and is not granted it (grant it with --grant {name}={missing} or the plugin config's capabilities)"
             )));
         }
-        tracing::warn!(plugin = name, source = %describe(name, &source), missing = %missing,
-            "plugin imports capabilities it is not granted: its calls of them will fail");
+        tracing::warn!(plugin = name, source = %what, missing = %missing,
+            "plugin needs capabilities it is not granted: its calls of them will fail");
     }
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| refuse(format!("does not link against the nanofaas:dispatcher@0.1.0 imports: {e:#}")))?;
-    let pre = DispatcherPre::new(pre)
-        .map_err(|e| refuse(format!("does not export nanofaas:dispatcher/strategy@0.1.0: {e:#}")))?;
-    Ok(Plugin { name: name.to_string(), source, grants, needs, digest, pre })
+    Ok(plugin)
 }
 
-/// The capabilities a component's imports name (`nanofaas:dispatcher/http@0.1.0` → `http`).
-/// wit-bindgen guests import only the interfaces they call, so this is what the plugin uses.
-fn needs(engine: &Engine, component: &Component) -> Grants {
-    let caps: Vec<Capability> = component
-        .component_type()
-        .imports(engine)
-        .filter_map(|(import, _)| import.strip_prefix("nanofaas:dispatcher/")?.split('@').next()?.parse().ok())
-        .collect();
-    Grants::of(&caps)
+fn log_loaded(plugin: &Plugin) {
+    let version = plugin.metadata.as_ref().map_or("-", |m| m.version.as_str());
+    tracing::info!(plugin = plugin.name, source = %describe(&plugin.name, &plugin.source), version,
+        contract = %plugin.contract, grants = %plugin.grants, digest = %plugin.digest, "plugin loaded");
+}
+
+/// The interfaces of this contract a component imports and exports, by name, with the version
+/// of each (`nanofaas:dispatcher/http@0.1.0` → `http` → `0.1.0`). wit-bindgen guests import only
+/// the interfaces they call, so the imports say which capabilities a plugin uses.
+fn contract_names(engine: &Engine, component: &Component) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let ty = component.component_type();
+    let ours = |name: &str| {
+        let (interface, version) = name.strip_prefix("nanofaas:dispatcher/")?.split_once('@')?;
+        Some((interface.to_string(), version.to_string()))
+    };
+    let imports = ty.imports(engine).filter_map(|(name, _)| ours(name)).collect();
+    let exports = ty.exports(engine).filter_map(|(name, _)| ours(name)).collect();
+    (imports, exports)
 }
 
 /// Plugin names are file stems and function `dispatcher` values: keep them simple.

@@ -37,6 +37,7 @@ struct JobPoll;
 
 impl Dispatcher for JobPoll {
     type Config = jobkit::Config;
+    const CAPABILITIES: &'static [&'static str] = &["kubernetes"];
 
     fn validate(spec: &FunctionSpec, config: &jobkit::Config) -> Result<(), String> {
         jobkit::guest::validate(spec, config)

@@ -19,6 +19,7 @@ struct K8sJob;
 
 impl Dispatcher for K8sJob {
     type Config = jobkit::Config;
+    const CAPABILITIES: &'static [&'static str] = &["kubernetes"];
 
     fn validate(spec: &FunctionSpec, config: &jobkit::Config) -> Result<(), String> {
         jobkit::guest::validate(spec, config)

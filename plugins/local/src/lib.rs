@@ -44,6 +44,7 @@ struct Local;
 
 impl Dispatcher for Local {
     type Config = Config;
+    const CAPABILITIES: &'static [&'static str] = &["process"];
 
     fn validate(spec: &FunctionSpec, config: &Config) -> Result<(), String> {
         if spec.command.is_empty() {

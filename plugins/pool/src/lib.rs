@@ -52,6 +52,7 @@ struct Pool;
 
 impl Dispatcher for Pool {
     type Config = Config;
+    const CAPABILITIES: &'static [&'static str] = &["http"];
 
     fn validate(spec: &FunctionSpec, config: &Config) -> Result<(), String> {
         let url = url(spec, config)?;

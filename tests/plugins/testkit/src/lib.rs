@@ -196,4 +196,16 @@ fn recurse(n: u64) -> u64 {
     recurse(buf[3] + 1) + buf[7]
 }
 
+impl exports::nanofaas::dispatcher::metadata::Guest for Testkit {
+    fn info() -> exports::nanofaas::dispatcher::metadata::PluginInfo {
+        exports::nanofaas::dispatcher::metadata::PluginInfo {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            contract: "0.1.1".into(),
+            capabilities: vec!["http".into()],
+            implements: Vec::new(),
+        }
+    }
+}
+
 export!(Testkit);
