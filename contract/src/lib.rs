@@ -11,6 +11,8 @@
 //!   functions).
 //! - [`termination`]: the result envelope `nanofaas-runtime` writes to a pod's termination
 //!   message and the Job plugins read back when no callback came.
+//! - [`callback`]: the body of a completion callback, written by `nanofaas-runtime` (and any
+//!   runner) and read by the host.
 //! - [`results`]: what a plugin's results must look like beyond their WIT types (failure codes,
 //!   pending handles), checked by the host and asserted by the plugin SDK.
 //! - [`CONTRACT_VERSION`]: the version of the `wit/` package, which the SDK reports in a
@@ -191,8 +193,64 @@ pub mod termination {
     }
 }
 
+/// The body of a completion callback (`POST {callback-url}` with the execution's bearer token):
+/// `{"success": true, "output": <any JSON>}` or
+/// `{"success": false, "error": {"code": …, "message": …}}`. A reader takes a missing output as
+/// `null` and a missing code as `FUNCTION_ERROR`.
+pub mod callback {
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    /// The body of a completion callback (the output is kept as its JSON text, never re-encoded).
+    #[derive(Clone, Debug, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = CallbackResult))]
+    pub struct Body {
+        pub success: bool,
+        /// The function's output, any JSON value.
+        #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(value_type = Option<serde_json::Value>))]
+        pub output: Option<Box<RawValue>>,
+        #[serde(default)]
+        pub error: Option<Error>,
+    }
+
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = CallbackError))]
+    pub struct Error {
+        #[serde(default)]
+        pub code: Option<String>,
+        #[serde(default)]
+        pub message: Option<String>,
+    }
+
+    /// The body of a success whose output is `output` (JSON text, embedded as is).
+    pub fn success(output: &str) -> String {
+        format!(r#"{{"success":true,"output":{output}}}"#)
+    }
+
+    /// The body of a failure.
+    pub fn failure(code: &str, message: &str) -> String {
+        serde_json::json!({"success": false, "error": {"code": code, "message": message}}).to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn callback_bodies_read_back_as_written() {
+        use super::callback::{Body, Error, failure, success};
+        let body: Body = serde_json::from_str(&success(r#"{"a": [1, 2]}"#)).unwrap();
+        assert!(body.success && body.error.is_none());
+        assert_eq!(body.output.unwrap().get(), r#"{"a": [1, 2]}"#, "the output's text is kept as written");
+        let body: Body = serde_json::from_str(&failure("TIMEOUT", "late \"quoted\"")).unwrap();
+        let error = Error { code: Some("TIMEOUT".into()), message: Some(r#"late "quoted""#.into()) };
+        assert_eq!((body.success, body.error), (false, Some(error)));
+        // What other runners send: no output, no error details.
+        let body: Body = serde_json::from_str(r#"{"success":true}"#).unwrap();
+        assert!(body.output.is_none());
+        assert!(serde_json::from_str::<Body>(r#"{"output":1}"#).is_err(), "success is required");
+    }
+
     #[test]
     fn termination_envelopes_read_back_as_written() {
         use super::termination::Envelope;

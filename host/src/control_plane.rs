@@ -83,25 +83,8 @@ pub enum ControlPlaneError {
     Store(#[from] StoreError),
 }
 
-/// The body of a completion callback.
-#[derive(Clone, Debug, serde::Deserialize, utoipa::ToSchema)]
-pub struct CallbackResult {
-    pub success: bool,
-    /// The function's output, any JSON value.
-    #[serde(default)]
-    #[schema(value_type = Option<Value>)]
-    pub output: Option<Box<serde_json::value::RawValue>>,
-    #[serde(default)]
-    pub error: Option<CallbackError>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
-pub struct CallbackError {
-    #[serde(default)]
-    pub code: Option<String>,
-    #[serde(default)]
-    pub message: Option<String>,
-}
+/// The body of a completion callback, as the contract crate defines it for its writers.
+pub use nanofaas_contract::callback::{Body as CallbackResult, Error as CallbackError};
 
 /// What became of a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -524,7 +507,7 @@ impl ControlPlane {
             let body = result.output.map_or_else(|| "null".to_string(), |raw| raw.get().to_string());
             Finish::Success(Output { content_type: "application/json".into(), body: body.into() })
         } else {
-            let error = result.error.unwrap_or(CallbackError { code: None, message: None });
+            let error = result.error.unwrap_or_default();
             Finish::Error {
                 kind: ErrorKind::Function,
                 error: ErrorInfo {

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::Invocation;
 use crate::function::Output;
 use crate::log;
 
+use nanofaas_contract::callback;
 use nanofaas_contract::termination::Envelope;
 pub use nanofaas_contract::termination::LIMIT as TERMINATION_LIMIT;
 
@@ -70,8 +71,8 @@ pub fn termination_message(inv: &Invocation, result: &Result<Output, Failure>) {
 /// The callback body: nanofaas's `{success, output, error}`.
 pub fn callback_body(result: &Result<Output, Failure>) -> String {
     match result {
-        Ok(output) => format!(r#"{{"success":true,"output":{output}}}"#),
-        Err(f) => json!({"success": false, "error": {"code": f.code, "message": f.message}}).to_string(),
+        Ok(output) => callback::success(output),
+        Err(f) => callback::failure(&f.code, &f.message),
     }
 }
 
@@ -162,6 +163,6 @@ mod tests {
     fn callback_bodies() {
         assert_eq!(callback_body(&Ok("[1]".into())), r#"{"success":true,"output":[1]}"#);
         let v: Value = serde_json::from_str(&callback_body(&Err(Failure::platform("TIMEOUT", "late".into())))).unwrap();
-        assert_eq!(v, json!({"success": false, "error": {"code": "TIMEOUT", "message": "late"}}));
+        assert_eq!(v, serde_json::json!({"success": false, "error": {"code": "TIMEOUT", "message": "late"}}));
     }
 }
