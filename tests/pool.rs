@@ -205,6 +205,26 @@ async fn destinations_outside_the_allow_list_are_refused_at_registration() {
     register(&cp, "far", "pool", &[], json!({}), |s| s.endpoint_url = Some("http://10.1.2.3:80/".into()))
         .await
         .unwrap();
+    // Or give one plugin a list of its own (the plugin config's `allowedHosts`), which replaces
+    // the host's for that plugin only.
+    let policy =
+        nanofaas::plugin::PluginPolicy { allowed_hosts: Some(vec!["10.0.0.0/8".into()]), ..Default::default() };
+    let config = Config { plugin_policies: [("pool".to_string(), policy)].into(), ..Config::default() };
+    let cp = control_plane(config).await;
+    register(&cp, "far", "pool", &[], json!({}), |s| s.endpoint_url = Some("http://10.1.2.3:80/".into()))
+        .await
+        .unwrap();
+    let near = register(&cp, "near", "pool", &[], json!({}), |s| s.endpoint_url = Some("http://127.0.0.1:9/".into()));
+    match near.await {
+        Err(RegisterError::Refused { reason, .. }) => assert!(reason.contains("(allowed: 10.0.0.0/8)"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The testkit's requests still go by the host's list (loopback).
+    testkit(&cp, "probe", json!({"behavior": "http", "url": "http://10.1.2.3:80/"}), |_| {}).await;
+    let exec = submit(&cp, "probe", "1").await;
+    exec.wait_done().await;
+    let error = exec.snapshot().error.unwrap();
+    assert!(error.message.contains("not an allowed destination") && error.message.contains("127.0.0.0/8"), "{error:?}");
 }
 
 #[tokio::test]

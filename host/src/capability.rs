@@ -160,11 +160,18 @@ impl Capabilities {
         } else {
             http::AllowList::parse(&config.http_allow)?
         };
+        let mut plugin_lists = std::collections::BTreeMap::new();
+        for (name, policy) in &config.plugin_policies {
+            if let Some(hosts) = &policy.allowed_hosts {
+                let list = http::AllowList::parse(hosts).map_err(|e| format!("plugins.{name}.allowedHosts: {e}"))?;
+                plugin_lists.insert(name.clone(), list);
+            }
+        }
         Ok(Self {
             process: config
                 .local_exec
                 .then(|| process::ProcessCapability::new(config.max_output_bytes, wake.clone(), journal)),
-            http: http::HttpCapability::new(allow, config.max_output_bytes, wake.clone()),
+            http: http::HttpCapability::new(allow, plugin_lists, config.max_output_bytes, wake.clone()),
             kubernetes: cluster.map(|mut c| {
                 c.policy = pod_policy::PodPolicy::new(&config.kube_allowed_service_accounts);
                 kubernetes::KubernetesCapability::start(c, metrics.clone(), wake)

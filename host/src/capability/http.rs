@@ -11,6 +11,7 @@
 //! is woken when the response is complete, and an execution that ends aborts its requests.
 //! Connections are pooled and reused across executions.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,9 +135,31 @@ struct InFlight {
     task: tokio::task::AbortHandle,
 }
 
-pub struct HttpCapability {
+/// Where requests may go, and the client that holds them to it when names resolve.
+struct Scope {
     client: reqwest::Client,
     allow: Arc<AllowList>,
+}
+
+impl Scope {
+    fn new(allow: AllowList) -> Self {
+        let allow = Arc::new(allow);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(FilteringResolver(allow.clone())))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("the HTTP client configuration is valid");
+        Self { client, allow }
+    }
+}
+
+pub struct HttpCapability {
+    /// The operator's `--http-allow`.
+    default: Scope,
+    /// Plugins with an allow list of their own (the plugin config's `allowedHosts`), which
+    /// replaces the default for them.
+    plugins: BTreeMap<String, Scope>,
     max_body: usize,
     requests: Owned<InFlight>,
     next: AtomicU64,
@@ -164,29 +187,35 @@ impl Resolve for FilteringResolver {
 }
 
 impl HttpCapability {
-    pub fn new(allow: AllowList, max_body: usize, wake: Wake) -> Self {
-        let allow = Arc::new(allow);
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(FilteringResolver(allow.clone())))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .expect("the HTTP client configuration is valid");
-        Self { client, allow, max_body, requests: Owned::default(), next: AtomicU64::new(1), wake }
+    /// Requests to `allow` (`plugins`: the plugins that have lists of their own).
+    pub fn new(allow: AllowList, plugins: BTreeMap<String, AllowList>, max_body: usize, wake: Wake) -> Self {
+        Self {
+            default: Scope::new(allow),
+            plugins: plugins.into_iter().map(|(name, list)| (name, Scope::new(list))).collect(),
+            max_body,
+            requests: Owned::default(),
+            next: AtomicU64::new(1),
+            wake,
+        }
     }
 
-    /// Whether a URL may be called.
-    pub async fn check_url(&self, url: &str) -> Result<(), String> {
+    fn scope(&self, plugin: &str) -> &Scope {
+        self.plugins.get(plugin).unwrap_or(&self.default)
+    }
+
+    /// Whether `plugin` may call a URL.
+    pub async fn check_url(&self, plugin: &str, url: &str) -> Result<(), String> {
+        let allow = &self.scope(plugin).allow;
         let parsed = Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("`{url}` is not an http:// or https:// URL"));
         }
-        let refuse = || format!("`{url}` is not an allowed destination (allowed: {})", self.allow.describe());
+        let refuse = || format!("`{url}` is not an allowed destination (allowed: {})", allow.describe());
         match parsed.host() {
-            Some(url::Host::Ipv4(ip)) if self.allow.allows_ip(ip.into()) => Ok(()),
-            Some(url::Host::Ipv6(ip)) if self.allow.allows_ip(ip.into()) => Ok(()),
+            Some(url::Host::Ipv4(ip)) if allow.allows_ip(ip.into()) => Ok(()),
+            Some(url::Host::Ipv6(ip)) if allow.allows_ip(ip.into()) => Ok(()),
             Some(url::Host::Domain(name)) => {
-                if self.allow.allows_name(name) {
+                if allow.allows_name(name) {
                     return Ok(());
                 }
                 let port = parsed.port_or_known_default().unwrap_or(80);
@@ -194,27 +223,25 @@ impl HttpCapability {
                     Ok(a) => a.collect(),
                     Err(e) => return Err(format!("`{name}` does not resolve: {e}")),
                 };
-                if !addrs.is_empty() && addrs.iter().all(|a| self.allow.allows_ip(a.ip())) {
-                    Ok(())
-                } else {
-                    Err(refuse())
-                }
+                if !addrs.is_empty() && addrs.iter().all(|a| allow.allows_ip(a.ip())) { Ok(()) } else { Err(refuse()) }
             }
             _ => Err(refuse()),
         }
     }
 
-    /// Starts a request for execution `owner`, bounded by `timeout`, in a span under `trace`
-    /// (whose context it sends as `traceparent`, unless the plugin set one); returns its handle.
+    /// Starts a request of `plugin` for execution `owner`, bounded by `timeout`, in a span under
+    /// `trace` (whose context it sends as `traceparent`, unless the plugin set one); returns its
+    /// handle.
     pub async fn start(
         &self,
+        plugin: &str,
         owner: &str,
         req: HttpRequest,
         body: Bytes,
         deadline: Duration,
         trace: Parent,
     ) -> Result<String, HttpFailure> {
-        self.check_url(&req.url).await.map_err(HttpFailure::NotAllowed)?;
+        self.check_url(plugin, &req.url).await.map_err(HttpFailure::NotAllowed)?;
         let method = reqwest::Method::from_bytes(req.method.as_bytes())
             .map_err(|_| HttpFailure::Other(format!("`{}` is not an HTTP method", req.method)))?;
         let mut span = Span::start(span_name(&method), SpanKind::Client, trace);
@@ -223,7 +250,7 @@ impl HttpCapability {
             span.set("url.full", req.url.clone());
         }
         let timeout = req.timeout.map_or(deadline, |t| t.min(deadline));
-        let mut builder = self.client.request(method, &req.url).timeout(timeout).body(body);
+        let mut builder = self.scope(plugin).client.request(method, &req.url).timeout(timeout).body(body);
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
@@ -342,24 +369,45 @@ mod tests {
 
     fn cap(entries: &[&str]) -> HttpCapability {
         let list = AllowList::parse(&entries.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        HttpCapability::new(list, 1024, Arc::new(|_: &str| {}))
+        HttpCapability::new(list, BTreeMap::new(), 1024, Arc::new(|_: &str| {}))
     }
 
     #[tokio::test]
     async fn allow_list_checks() {
         let c = cap(DEFAULT_ALLOW);
-        assert!(c.check_url("http://127.0.0.1:9000/run").await.is_ok());
-        assert!(c.check_url("http://[::1]:9000/").await.is_ok());
-        assert!(c.check_url("http://localhost:9000/").await.is_ok());
-        let e = c.check_url("http://10.1.2.3/").await.unwrap_err();
+        assert!(c.check_url("pool", "http://127.0.0.1:9000/run").await.is_ok());
+        assert!(c.check_url("pool", "http://[::1]:9000/").await.is_ok());
+        assert!(c.check_url("pool", "http://localhost:9000/").await.is_ok());
+        let e = c.check_url("pool", "http://10.1.2.3/").await.unwrap_err();
         assert!(e.contains("not an allowed destination") && e.contains("127.0.0.0/8"), "{e}");
-        assert!(c.check_url("http://169.254.169.254/latest/meta-data").await.is_err());
-        assert!(c.check_url("ftp://127.0.0.1/").await.unwrap_err().contains("http://"));
-        assert!(c.check_url("not a url").await.is_err());
+        assert!(c.check_url("pool", "http://169.254.169.254/latest/meta-data").await.is_err());
+        assert!(c.check_url("pool", "ftp://127.0.0.1/").await.unwrap_err().contains("http://"));
+        assert!(c.check_url("pool", "not a url").await.is_err());
         let c = cap(&["10.0.0.0/8", "pool.internal"]);
-        assert!(c.check_url("http://10.9.9.9:80/").await.is_ok());
-        assert!(c.check_url("http://pool.internal/").await.is_ok());
-        assert!(c.check_url("http://127.0.0.1/").await.is_err(), "loopback only by default, not always");
+        assert!(c.check_url("pool", "http://10.9.9.9:80/").await.is_ok());
+        assert!(c.check_url("pool", "http://pool.internal/").await.is_ok());
+        assert!(c.check_url("pool", "http://127.0.0.1/").await.is_err(), "loopback only by default, not always");
         assert!(AllowList::parse(&["bad value!".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_plugins_own_list_replaces_the_default_for_it_only() {
+        let own = AllowList::parse(&["10.0.0.0/8".to_string(), "api.example".to_string()]).unwrap();
+        let c = HttpCapability::new(
+            AllowList::default_list(),
+            [("router".to_string(), own)].into(),
+            1024,
+            Arc::new(|_: &str| {}),
+        );
+        assert!(c.check_url("router", "http://10.1.2.3/").await.is_ok());
+        assert!(c.check_url("router", "http://api.example/").await.is_ok());
+        let e = c.check_url("router", "http://127.0.0.1:9000/").await.unwrap_err();
+        assert!(e.contains("allowed: 10.0.0.0/8, api.example"), "{e}");
+        assert!(c.check_url("pool", "http://127.0.0.1:9000/").await.is_ok());
+        assert!(c.check_url("pool", "http://10.1.2.3/").await.is_err());
+        // At call time too, before anything is sent.
+        let req = HttpRequest { method: "GET".into(), url: "http://127.0.0.1:9/".into(), ..Default::default() };
+        let refused = c.start("router", "e1", req, Bytes::new(), Duration::from_secs(1), Parent::default()).await;
+        assert!(matches!(refused, Err(HttpFailure::NotAllowed(_))), "{refused:?}");
     }
 }

@@ -220,7 +220,7 @@ impl http::Host for HostState {
             Ok(cap) => cap,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(cap.check_url(&url).await)
+        Ok(cap.check_url(&self.plugin, &url).await)
     }
 
     async fn start(
@@ -244,7 +244,7 @@ impl http::Host for HostState {
             headers: req.headers,
             timeout: req.timeout_ms.map(|ms| std::time::Duration::from_millis(ms.into())),
         };
-        Ok(cap.start(&owner, request, body, remaining, self.ctx.trace).await.map_err(http_error))
+        Ok(cap.start(&self.plugin, &owner, request, body, remaining, self.ctx.trace).await.map_err(http_error))
     }
 
     async fn take_response(

@@ -11,6 +11,7 @@
 //!     callTimeoutMs: 2000
 //!     payloadMib: 8
 //!     logLines: 20
+//!     allowedHosts: [api.example.com, 10.0.0.0/8]   # instead of --http-allow, for it only
 //! ```
 //!
 //! What a section leaves out is the host's default (the `--plugin-*` flags), so a host without
@@ -40,6 +41,9 @@ pub struct PluginPolicy {
     pub call_timeout_ms: Option<u64>,
     pub payload_mib: Option<u64>,
     pub log_lines: Option<u32>,
+    /// Where its `http` requests may go (host names, addresses, CIDR ranges, as
+    /// `--http-allow`): for this plugin, instead of the host's list.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +58,10 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, PluginPolicy>, String> {
     let file: File = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     for (name, policy) in &file.plugins {
         policy.grants().map_err(|e| format!("plugins.{name}.capabilities: {e}"))?;
+        if let Some(hosts) = &policy.allowed_hosts {
+            crate::capability::http::AllowList::parse(hosts)
+                .map_err(|e| format!("plugins.{name}.allowedHosts: {e}"))?;
+        }
     }
     Ok(file.plugins)
 }
@@ -133,6 +141,10 @@ mod tests {
         assert!(e.contains("unknown field `instance`"), "{e}");
         let e = parse("plugins:\n  up:\n    capabilities: [sockets]\n").unwrap_err();
         assert!(e.contains("plugins.up.capabilities") && e.contains("unknown capability `sockets`"), "{e}");
+        let e = parse("plugins:\n  up:\n    allowedHosts: [api.example, 'not a host!']\n").unwrap_err();
+        assert!(e.contains("plugins.up.allowedHosts") && e.contains("`not a host!`"), "{e}");
+        let ok = parse("plugins:\n  up:\n    allowedHosts: [api.example, 10.0.0.0/8]\n").unwrap();
+        assert_eq!(ok["up"].allowed_hosts.as_deref(), Some(&["api.example".to_string(), "10.0.0.0/8".into()][..]));
         let host = PluginLimits { instances: 4, memory_bytes: 32 << 20, ..PluginLimits::default() };
         let check = |p: PluginPolicy| p.check(&host).unwrap_err();
         assert!(check(PluginPolicy { instances: Some(5), ..Default::default() }).contains("more than the pool has"));
