@@ -230,6 +230,20 @@ fn a_plugin_whose_metadata_claims_what_it_lacks_is_refused_naming_each_claim() {
     assert!(e.reason.contains("says it implements `lifecycle`, which it does not export"), "{}", e.reason);
 }
 
+#[tokio::test]
+async fn a_plugin_whose_metadata_call_spins_is_refused_at_its_cpu_budget() {
+    use nanofaas::plugin::{Catalog, Source};
+    // On the runtime, as the host loads plugins (the call runs on a thread of its own).
+    let limits = PluginLimits { cpu_budget_ticks: 50, ..PluginLimits::default() };
+    let mut builder = Catalog::builder(&limits).unwrap();
+    let bytes = std::fs::read(nanofaas_test_support::artifacts::SPINNER).unwrap();
+    let e = builder.add("spinner", &bytes, Source::Builtin, Default::default()).unwrap_err();
+    assert!(e.reason.contains("its metadata call failed") && e.reason.contains("CPU budget"), "{}", e.reason);
+    // The builder goes on loading the rest.
+    let bytes = std::fs::read(nanofaas_test_support::artifacts::UPPERCASE).unwrap();
+    builder.add("uppercase", &bytes, Source::Builtin, Default::default()).unwrap();
+}
+
 /// The testkit again under another name (`nogrant`), with a policy of its own.
 fn with_policy(instances: u32, policy: nanofaas::plugin::PluginPolicy) -> Config {
     Config {
