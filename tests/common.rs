@@ -55,7 +55,20 @@ pub async fn testkit(cp: &ControlPlane, name: &str, config: serde_json::Value, t
         ..Default::default()
     };
     tweak(&mut spec);
+    let before = plugin_calls(cp, "testkit", "apply");
     cp.register(spec).await.unwrap();
+    lifecycle_settled(cp, "testkit", before).await;
+}
+
+/// Waits until `plugin`, if it implements `lifecycle`, was told of a registration (its `apply`
+/// calls went past `before`): that call takes an instance, which tests counting them must not
+/// see land in the middle.
+pub async fn lifecycle_settled(cp: &ControlPlane, plugin: &str, before: u64) {
+    if cp.plugins().get(plugin).is_some_and(|p| p.has_lifecycle()) {
+        while plugin_calls(cp, plugin, "apply") == before {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// Registers a function with `dispatcher`, `command` and `dispatcherConfig = config`, then `tweak`.
@@ -75,7 +88,10 @@ pub async fn register(
         ..Default::default()
     };
     tweak(&mut spec);
-    cp.register(spec).await.map(|_| ())
+    let before = plugin_calls(cp, dispatcher, "apply");
+    cp.register(spec).await?;
+    lifecycle_settled(cp, dispatcher, before).await;
+    Ok(())
 }
 
 pub fn input(json: &str) -> Input {

@@ -227,7 +227,7 @@ fn a_plugin_whose_metadata_claims_what_it_lacks_is_refused_naming_each_claim() {
     let bytes = std::fs::read(nanofaas_test_support::artifacts::LIAR).unwrap();
     let e = builder.add("liar", &bytes, Source::Builtin, Default::default()).unwrap_err();
     assert!(e.reason.contains("`teleport`") && e.reason.contains("unknown capability"), "{}", e.reason);
-    assert!(e.reason.contains("says it implements `lifecycle`, which it does not export"), "{}", e.reason);
+    assert!(e.reason.contains("says it implements `teleporter`, which it does not export"), "{}", e.reason);
 }
 
 #[tokio::test]

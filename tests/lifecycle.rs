@@ -1,5 +1,6 @@
 //! The host-owned execution lifecycle, driven through real plugins: deadlines (exact, under
-//! tokio's paused clock), polling and wake-ups, callbacks, retries, admission and cleanup.
+//! tokio's paused clock), polling and wake-ups, callbacks, retries, admission and cleanup; and
+//! the functions' lifecycle as plugins that implement `lifecycle` are told it.
 
 mod common;
 
@@ -442,4 +443,65 @@ async fn shutdown_cancels_and_releases() {
     }
     assert_eq!(plugin_calls(&cp, "testkit", "release"), 3);
     assert_eq!(cp.running_drivers(), 0);
+}
+
+/// Waits (in paused time) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what} did not happen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn plugins_with_a_lifecycle_are_told_of_their_functions_changes() {
+    let config =
+        Config { retry_base: Duration::from_millis(10), retry_max: Duration::from_millis(40), ..Config::default() };
+    let cp = control_plane(config).await;
+    let calls = |call: &str| plugin_calls(&cp, "testkit", call);
+    let spec = |name: &str, dispatcher: &str, config: serde_json::Value| nanofaas::function::FunctionSpec {
+        name: name.into(),
+        dispatcher: Some(dispatcher.into()),
+        dispatcher_config: Some(config),
+        ..Default::default()
+    };
+    let settle = || tokio::time::sleep(Duration::from_secs(1));
+
+    cp.register(spec("kept", "testkit", json!({}))).await.unwrap();
+    until("apply after a registration", || calls("apply") == 1).await;
+    // The same definition again changes nothing; another one is applied.
+    cp.update(spec("kept", "testkit", json!({})), None).await.unwrap();
+    settle().await;
+    assert_eq!(calls("apply"), 1);
+    cp.update(spec("kept", "testkit", json!({"poll_after_ms": 5})), None).await.unwrap();
+    until("apply after an update", || calls("apply") == 2).await;
+    // Plugins that do not list `lifecycle` are never called: the SDK's uppercase (off by
+    // default) and a plugin of contract 0.1.0.
+    cp.register(spec("plain", "uppercase", json!({}))).await.unwrap();
+    cp.register(spec("old", "legacy", json!({}))).await.unwrap();
+    settle().await;
+    assert_eq!((plugin_calls(&cp, "uppercase", "apply"), plugin_calls(&cp, "legacy", "apply")), (0, 0));
+    // Moved to another plugin: removed from the one it was applied with.
+    cp.update(spec("kept", "uppercase", json!({})), None).await.unwrap();
+    until("remove after a move", || calls("remove") == 1).await;
+    // Deleted: removed.
+    cp.register(spec("gone", "testkit", json!({}))).await.unwrap();
+    until("apply of another function", || calls("apply") == 3).await;
+    assert!(cp.unregister("gone").await.unwrap());
+    until("remove after a delete", || calls("remove") == 2).await;
+    // Refused for good: one call, and it stays so.
+    cp.register(spec("refused", "testkit", json!({"applyFails": "final"}))).await.unwrap();
+    until("a refused apply", || calls("apply") == 4).await;
+    settle().await;
+    assert_eq!(calls("apply"), 4);
+    // A retryable failure is tried again, with backoff, while it fails.
+    cp.register(spec("flaky", "testkit", json!({"applyFails": "retryable"}))).await.unwrap();
+    until("retries of a failing apply", || calls("apply") >= 8).await;
+    assert!(cp.unregister("flaky").await.unwrap());
+    // Its function gone, the retries stop (the version that failed was never applied: no remove).
+    settle().await;
+    let after = calls("apply");
+    settle().await;
+    assert_eq!((calls("apply"), calls("remove")), (after, 2));
 }

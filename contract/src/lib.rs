@@ -64,7 +64,7 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// The version of `package nanofaas:dispatcher` in `wit/`: what plugins built now target.
-pub const CONTRACT_VERSION: &str = "0.1.1";
+pub const CONTRACT_VERSION: &str = "0.1.2";
 
 /// The rules of a plugin's results that WIT types cannot say.
 pub mod results {

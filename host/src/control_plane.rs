@@ -187,6 +187,7 @@ impl ControlPlane {
             TokenKey::new(&secret),
             callback_base,
         ));
+        lifecycle::spawn(&registry, &dispatcher, RetryPolicy::of(&config));
         let ready = AtomicBool::new(false);
         Ok(Self(Arc::new(Inner { config, registry, ledger, dispatcher, metrics, ready, auth, host_names })))
     }
@@ -579,6 +580,8 @@ fn new_queue(spec: &FunctionSpec, metrics: &Metrics, shared: bool) -> Arc<Functi
         FunctionQueue::new(&spec.name, concurrency, queue_size, metrics)
     }
 }
+
+mod lifecycle;
 
 #[cfg(test)]
 pub(crate) mod tests;

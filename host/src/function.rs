@@ -413,9 +413,24 @@ impl Function {
 #[derive(Default)]
 pub struct Registry {
     functions: RwLock<HashMap<String, Arc<Function>>>,
+    /// Where the names of changed functions go (the lifecycle reconciler), once subscribed.
+    changes: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Registry {
+    /// The names of functions as they are inserted, replaced or removed, from now on (one
+    /// subscriber per registry; a second gets `None`).
+    pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.changes.set(tx).ok().map(|()| rx)
+    }
+
+    fn changed(&self, name: &str) {
+        if let Some(tx) = self.changes.get() {
+            let _ = tx.send(name.to_string());
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Function>> {
         self.functions.read().expect("registry lock").get(name).cloned()
     }
@@ -433,17 +448,26 @@ impl Registry {
         if map.contains_key(function.name()) {
             return false;
         }
-        map.insert(function.name().to_string(), function);
+        let name = function.name().to_string();
+        map.insert(name.clone(), function);
+        drop(map);
+        self.changed(&name);
         true
     }
 
     /// Inserts or replaces (a registration seen by another replica, a functions file).
     pub fn put(&self, function: Arc<Function>) {
-        self.functions.write().expect("registry lock").insert(function.name().to_string(), function);
+        let name = function.name().to_string();
+        self.functions.write().expect("registry lock").insert(name.clone(), function);
+        self.changed(&name);
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<Function>> {
-        self.functions.write().expect("registry lock").remove(name)
+        let removed = self.functions.write().expect("registry lock").remove(name);
+        if removed.is_some() {
+            self.changed(name);
+        }
+        removed
     }
 }
 

@@ -44,6 +44,14 @@ pub use policy::{PluginPolicy, parse as parse_policies};
 /// Host-owned bytes behind the WIT `payload` resource.
 pub struct Payload(pub Bytes);
 
+impl Plugin {
+    /// Whether the host tells it about its functions (`lifecycle`): its metadata lists the
+    /// interface, and the load checked that it exports it.
+    pub fn has_lifecycle(&self) -> bool {
+        self.metadata.as_ref().is_some_and(|m| m.implements.iter().any(|i| i == "lifecycle"))
+    }
+}
+
 /// What a plugin says about itself: its `metadata` export, read once when it is loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metadata {
@@ -432,6 +440,23 @@ impl Plugins {
     }
 
     /// `validate` at registration: `Ok(Err(reason))` when the plugin refuses the spec.
+    /// `lifecycle.apply` for a function of `plugin` (which [`Plugin::has_lifecycle`]).
+    pub async fn apply(&self, plugin: &Plugin, spec: &FunctionView) -> Result<Result<(), Failure>, PluginFault> {
+        let spec = bindings::to_spec(spec);
+        self.call(plugin, "apply", CallContext::default(), &mut Held::default(), async |store, inst| {
+            plugin.pre.apply(store, inst, &spec).await
+        })
+        .await
+    }
+
+    /// `lifecycle.remove` for the function `name`.
+    pub async fn remove(&self, plugin: &Plugin, name: &str) -> Result<Result<(), Failure>, PluginFault> {
+        self.call(plugin, "remove", CallContext::default(), &mut Held::default(), async |store, inst| {
+            plugin.pre.remove(store, inst, name).await
+        })
+        .await
+    }
+
     pub async fn validate(&self, plugin: &Plugin, spec: &FunctionView) -> Result<Result<(), String>, PluginFault> {
         let spec = bindings::to_spec(spec);
         self.call(plugin, "validate", CallContext::default(), &mut Held::default(), async |store, inst| {
@@ -508,6 +533,8 @@ impl Plugins {
             "dispatch" => "plugin dispatch",
             "poll" => "plugin poll",
             "release" => "plugin release",
+            "apply" => "plugin apply",
+            "remove" => "plugin remove",
             _ => "plugin validate",
         };
         let mut span = Span::start(name, SpanKind::Internal, ctx.trace);

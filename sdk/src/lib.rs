@@ -90,6 +90,11 @@ pub trait Dispatcher {
     /// to the operator even for a capability used only on some paths. The operator grants them.
     const CAPABILITIES: &'static [&'static str] = &[];
 
+    /// Whether the plugin keeps something per function (a warm Deployment): then the host
+    /// calls [`apply`](Dispatcher::apply) and [`remove`](Dispatcher::remove) as its functions
+    /// change. Off by default: the host never calls them.
+    const LIFECYCLE: bool = false;
+
     /// At registration, after the config parsed: refuse the function with a message for the user
     /// (a 400 `DISPATCHER_REFUSED`). The default accepts every function.
     fn validate(spec: &FunctionSpec, config: &Self::Config) -> Result<(), String> {
@@ -106,6 +111,22 @@ pub trait Dispatcher {
     fn poll(call: &Call<Self::Config>, handle: String) -> Result<Outcome, Failure> {
         let _ = call;
         Err(Failure::new("UNKNOWN_HANDLE", format!("this plugin has no pending work named `{handle}`")))
+    }
+
+    /// Make what the plugin keeps for the function `spec` match it: after the function is
+    /// registered or changed, and for every function at the host's start (with `LIFECYCLE`).
+    /// Must be idempotent; a retryable failure is retried with backoff. No execution is running:
+    /// capabilities that start an execution's work refuse.
+    fn apply(spec: &FunctionSpec, config: &Self::Config) -> Result<(), Failure> {
+        let _ = (spec, config);
+        Ok(())
+    }
+
+    /// Remove what the plugin keeps for the function `name` (deleted, or moved to another
+    /// plugin); idempotent, like `apply`.
+    fn remove(name: &str) -> Result<(), Failure> {
+        let _ = name;
+        Ok(())
     }
 
     /// The host no longer needs the work named `handle` (called once per pending handle): stop
@@ -260,8 +281,17 @@ pub mod __private {
             version: version.to_string(),
             contract: nanofaas_contract::CONTRACT_VERSION.to_string(),
             capabilities: D::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            implements: Vec::new(),
+            implements: if D::LIFECYCLE { vec!["lifecycle".to_string()] } else { Vec::new() },
         }
+    }
+
+    pub fn apply<D: Dispatcher>(spec: FunctionSpec) -> Result<(), Failure> {
+        let config = parse_config::<D::Config>(&spec.config).map_err(Failure::bad_config)?;
+        D::apply(&spec, &config)
+    }
+
+    pub fn remove<D: Dispatcher>(name: String) -> Result<(), Failure> {
+        D::remove(&name)
     }
 }
 
@@ -290,6 +320,15 @@ macro_rules! export_dispatcher {
                 }
                 fn release(inv: $crate::Invocation, handle: ::std::string::String, reason: $crate::ReleaseReason) {
                     $crate::__private::release::<$plugin>(inv, handle, reason)
+                }
+            }
+
+            impl $crate::bindings::exports::nanofaas::dispatcher::lifecycle::Guest for NanofaasStrategy {
+                fn apply(spec: $crate::FunctionSpec) -> ::core::result::Result<(), $crate::Failure> {
+                    $crate::__private::apply::<$plugin>(spec)
+                }
+                fn remove(name: ::std::string::String) -> ::core::result::Result<(), $crate::Failure> {
+                    $crate::__private::remove::<$plugin>(name)
                 }
             }
 

@@ -15,16 +15,17 @@ wasmtime::component::bindgen!({
     with: { "nanofaas:dispatcher/types.payload": super::Payload },
 });
 
-use self::exports::nanofaas::dispatcher::{metadata, strategy};
+use self::exports::nanofaas::dispatcher::{lifecycle, metadata, strategy};
 use self::nanofaas::dispatcher::types as wit;
 
 /// A plugin's component, pre-instantiated, and where its exports are: `strategy` always,
-/// `metadata` when it has one (plugins of contract 0.1.0 have none). Export names are looked up
+/// `metadata` and `lifecycle` when it has them (plugins of contract 0.1.0 have neither). Export names are looked up
 /// semver-compatibly, so a plugin exporting `strategy@0.1.0` is found as `strategy@0.1.1`.
 pub(super) struct PluginPre {
     pre: InstancePre<HostState>,
     strategy: strategy::GuestIndices,
     metadata: Option<metadata::GuestIndices>,
+    lifecycle: Option<lifecycle::GuestIndices>,
 }
 
 /// One instance of a plugin: its `strategy` functions, type-checked.
@@ -37,11 +38,36 @@ impl PluginPre {
     pub fn new(pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
         let strategy = strategy::GuestIndices::new(&pre)?;
         let metadata = metadata::GuestIndices::new(&pre).ok();
-        Ok(Self { pre, strategy, metadata })
+        let lifecycle = lifecycle::GuestIndices::new(&pre).ok();
+        Ok(Self { pre, strategy, metadata, lifecycle })
     }
 
     pub fn has_metadata(&self) -> bool {
         self.metadata.is_some()
+    }
+
+    /// Calls `lifecycle.apply` (a plugin without the export has nothing to apply).
+    pub async fn apply(
+        &self,
+        store: &mut Store<HostState>,
+        inst: &PluginInstance,
+        spec: &wit::FunctionSpec,
+    ) -> wasmtime::Result<Result<(), super::Failure>> {
+        let Some(indices) = &self.lifecycle else { return Ok(Ok(())) };
+        let result = indices.load(&mut *store, &inst.instance)?.call_apply(&mut *store, spec).await?;
+        result.map_or_else(|f| Ok(Err(from_failure(f)?)), |()| Ok(Ok(())))
+    }
+
+    /// Calls `lifecycle.remove`.
+    pub async fn remove(
+        &self,
+        store: &mut Store<HostState>,
+        inst: &PluginInstance,
+        name: &str,
+    ) -> wasmtime::Result<Result<(), super::Failure>> {
+        let Some(indices) = &self.lifecycle else { return Ok(Ok(())) };
+        let result = indices.load(&mut *store, &inst.instance)?.call_remove(&mut *store, name).await?;
+        result.map_or_else(|f| Ok(Err(from_failure(f)?)), |()| Ok(Ok(())))
     }
 
     pub async fn instantiate_async(&self, store: &mut Store<HostState>) -> wasmtime::Result<PluginInstance> {

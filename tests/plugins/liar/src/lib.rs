@@ -1,5 +1,5 @@
 //! `liar`: a plugin of the current contract whose metadata names a capability that does not
-//! exist and an optional interface it does not export; the host must refuse it, naming both.
+//! exist and an optional interface it does not export (`teleporter`); the host must refuse it, naming both.
 
 wit_bindgen::generate!({ world: "dispatcher", path: "../../../wit" });
 
@@ -31,10 +31,19 @@ impl exports::nanofaas::dispatcher::metadata::Guest for Liar {
         Info {
             name: "liar".into(),
             version: "1.0.0".into(),
-            contract: "0.1.1".into(),
+            contract: "0.1.2".into(),
             capabilities: vec!["teleport".into()],
-            implements: vec!["lifecycle".into()],
+            implements: vec!["teleporter".into()],
         }
+    }
+}
+
+impl exports::nanofaas::dispatcher::lifecycle::Guest for Liar {
+    fn apply(_spec: FunctionSpec) -> Result<(), Failure> {
+        Ok(())
+    }
+    fn remove(_name: String) -> Result<(), Failure> {
+        Ok(())
     }
 }
 

@@ -35,4 +35,13 @@ impl exports::nanofaas::dispatcher::metadata::Guest for Spinner {
     }
 }
 
+impl exports::nanofaas::dispatcher::lifecycle::Guest for Spinner {
+    fn apply(_spec: FunctionSpec) -> Result<(), Failure> {
+        Ok(())
+    }
+    fn remove(_name: String) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
 export!(Spinner);

@@ -17,6 +17,9 @@
 //!   the number of calls this instance has served, so a test sees which calls shared one.
 //!
 //! `validate` refuses when `rejectValidate` is set and traps when `trapValidate` is true.
+//!
+//! `lifecycle.apply` logs `applied <name> <config>` and fails when `applyFails` is set
+//! (`final` or `retryable`); `remove` logs `removed <name>`.
 
 wit_bindgen::generate!({ world: "dispatcher", path: "../../../wit" });
 
@@ -49,6 +52,8 @@ struct Config {
     url: Option<String>,
     /// Log the callback token (so a test can call back as a remote runner would).
     log_token: bool,
+    /// `lifecycle.apply` fails: `final` or `retryable`.
+    apply_fails: Option<String>,
 }
 
 fn config(json: &str) -> Config {
@@ -196,14 +201,33 @@ fn recurse(n: u64) -> u64 {
     recurse(buf[3] + 1) + buf[7]
 }
 
+impl exports::nanofaas::dispatcher::lifecycle::Guest for Testkit {
+    fn apply(spec: FunctionSpec) -> Result<(), Failure> {
+        log(Level::Info, &format!("applied {} {}", spec.name, spec.config));
+        match config(&spec.config).apply_fails.as_deref() {
+            None => Ok(()),
+            Some(how) => Err(Failure {
+                code: "APPLY_FAILED".into(),
+                message: format!("apply of {} fails on purpose", spec.name),
+                retryable: how == "retryable",
+            }),
+        }
+    }
+
+    fn remove(name: String) -> Result<(), Failure> {
+        log(Level::Info, &format!("removed {name}"));
+        Ok(())
+    }
+}
+
 impl exports::nanofaas::dispatcher::metadata::Guest for Testkit {
     fn info() -> exports::nanofaas::dispatcher::metadata::PluginInfo {
         exports::nanofaas::dispatcher::metadata::PluginInfo {
             name: env!("CARGO_PKG_NAME").into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            contract: "0.1.1".into(),
+            contract: "0.1.2".into(),
             capabilities: vec!["http".into()],
-            implements: Vec::new(),
+            implements: vec!["lifecycle".into()],
         }
     }
 }
