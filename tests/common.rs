@@ -55,9 +55,10 @@ pub async fn testkit(cp: &ControlPlane, name: &str, config: serde_json::Value, t
         ..Default::default()
     };
     tweak(&mut spec);
-    let before = plugin_calls(cp, "testkit", "apply");
+    let plugin = spec.dispatcher.clone().unwrap_or_default();
+    let before = plugin_calls(cp, &plugin, "apply");
     cp.register(spec).await.unwrap();
-    lifecycle_settled(cp, "testkit", before).await;
+    lifecycle_settled(cp, &plugin, before).await;
 }
 
 /// Waits until `plugin`, if it implements `lifecycle`, was told of a registration (its `apply`
@@ -65,9 +66,12 @@ pub async fn testkit(cp: &ControlPlane, name: &str, config: serde_json::Value, t
 /// see land in the middle.
 pub async fn lifecycle_settled(cp: &ControlPlane, plugin: &str, before: u64) {
     if cp.plugins().get(plugin).is_some_and(|p| p.has_lifecycle()) {
-        while plugin_calls(cp, plugin, "apply") == before {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while plugin_calls(cp, plugin, "apply") == before {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        waited.await.unwrap_or_else(|_| panic!("`{plugin}` was not told of the registration"));
     }
 }
 
@@ -88,9 +92,10 @@ pub async fn register(
         ..Default::default()
     };
     tweak(&mut spec);
-    let before = plugin_calls(cp, dispatcher, "apply");
+    let plugin = spec.dispatcher.clone().unwrap_or_default();
+    let before = plugin_calls(cp, &plugin, "apply");
     cp.register(spec).await?;
-    lifecycle_settled(cp, dispatcher, before).await;
+    lifecycle_settled(cp, &plugin, before).await;
     Ok(())
 }
 
